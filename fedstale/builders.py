@@ -1,0 +1,138 @@
+"""Build the pieces of an experiment from its :class:`~fedstale.config.Config`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+
+from .aggregation.staleness import make_staleness_function
+from .client.torch_client import set_torch_threads
+from .client.training import evaluate, pick_device
+from .config import Config, StrategyConfig
+from .data import load_split
+from .models import build_model
+from .simulation.clock import Clock, VirtualClock, WallClock
+from .simulation.delays import DelayModel, make_distribution
+from .strategies import STRATEGIES, AsyncStrategy, Recorder
+
+
+def build_clock(config: Config) -> Clock:
+    """VirtualClock over the configured delay model, or WallClock."""
+    if config.delay.clock == "wall":
+        return WallClock()
+    speed = config.delay.speed
+    params = {
+        k: getattr(speed, k)
+        for k in ("value", "low", "high", "mean", "sigma", "shape", "scale", "cap")
+        if getattr(speed, k) is not None
+    }
+    delays = DelayModel(
+        speed=make_distribution(speed.distribution, **params),
+        jitter=config.delay.jitter,
+        latency=config.delay.latency,
+        bandwidth=config.delay.bandwidth,
+        seed=config.run.seed,
+    )
+    return VirtualClock(delays)
+
+
+def strategy_kwargs(strategy: StrategyConfig) -> dict[str, Any]:
+    """Constructor arguments specific to the configured strategy."""
+    if strategy.name == "fedasync":
+        return {"alpha": strategy.alpha}
+    if strategy.name in ("fedbuff", "dynamic"):
+        kwargs: dict[str, Any] = {
+            "buffer_size": strategy.buffer_size,
+            "server_lr": strategy.server_lr,
+            "server_momentum": strategy.server_momentum,
+            "normalization": strategy.normalization,
+            "weight_by_examples": strategy.weight_by_examples,
+        }
+        if strategy.name == "dynamic":
+            kwargs.update(
+                ema=strategy.dynamic.ema,
+                b_min=strategy.dynamic.b_min,
+                similarity_exponent=strategy.dynamic.similarity_exponent,
+            )
+        return kwargs
+    return {}
+
+
+def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStrategy:
+    """The configured strategy, with its clock and staleness function."""
+    s = config.strategy
+    staleness = make_staleness_function(
+        s.staleness.name, a=s.staleness.a, b=s.staleness.b, w=s.staleness.w
+    )
+    return STRATEGIES[s.name](
+        concurrency=s.concurrency,
+        num_clients=config.data.num_clients,
+        mode=s.resolved_mode(),
+        clock=build_clock(config),
+        staleness=staleness,
+        max_staleness=s.max_staleness,
+        lr_delay_alpha=config.client.lr_delay_alpha,
+        eval_every=config.evaluation.every,
+        num_evaluate_clients=config.evaluation.federated_clients,
+        max_retries=config.comm.max_retries,
+        message_ttl=config.comm.message_ttl,
+        max_inflight_per_node=config.comm.max_inflight_per_node,
+        poll_interval=config.comm.poll_interval,
+        seed=config.run.seed,
+        recorder=recorder,
+        **strategy_kwargs(s),
+    )
+
+
+def train_config(config: Config) -> ConfigRecord:
+    """What every TRAIN (and EVALUATE) message tells the ClientApp."""
+    d, c = config.data, config.client
+    return ConfigRecord(
+        {
+            "dataset": d.dataset,
+            "test-fraction": d.test_fraction,
+            "data-seed": d.seed,
+            "partitioner": d.partitioner,
+            "dirichlet-alpha": d.alpha,
+            "min-partition-size": d.min_partition_size,
+            "classes-per-client": d.classes_per_client,
+            "model": config.model.name,
+            "local-epochs": c.local_epochs,
+            "batch-size": c.batch_size,
+            "lr": c.lr,
+            "momentum": c.momentum,
+            "weight-decay": c.weight_decay,
+            "patience": c.patience,
+            "num-threads": c.num_threads,
+        }
+    )
+
+
+def initial_arrays(config: Config) -> ArrayRecord:
+    """The initial global model (weights from ``run.seed``)."""
+    spec = load_split(config.data.dataset, config.data.test_fraction, config.data.seed).spec
+    model = build_model(config.model.name, spec, seed=config.run.seed)
+    return ArrayRecord(model.state_dict())
+
+
+def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """Centralized evaluation on the held-out test set: ``accuracy`` and ``loss``."""
+    data = load_split(config.data.dataset, config.data.test_fraction, config.data.seed)
+    model = build_model(config.model.name, data.spec)
+    device = pick_device()
+    set_torch_threads(config.client.num_threads)
+
+    def evaluate_fn(version: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate(model, data.x_test, data.y_test, device)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    return evaluate_fn
+
+
+def num_parameters(arrays: ArrayRecord) -> int:
+    """Number of scalars in ``arrays``."""
+    return int(sum(torch.from_numpy(a.numpy()).numel() for a in arrays.values()))

@@ -1,0 +1,136 @@
+"""fedstale's NumPyClient: a PyTorch model on one client's data partition.
+
+Everything a client needs (dataset, partitioning, model, hyperparameters)
+arrives in the message's config, so the same ClientApp serves any experiment
+the server runs. Data and the model skeleton are cached per process, so a
+worker that hosts many virtual clients loads the dataset once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.client import NumPyClient
+
+from ..data import PartitionSpec, load_client_data, load_split
+from ..models import build_model
+from .training import TrainSettings, evaluate, pick_device, train
+
+_THREADS_SET: list[int] = []
+
+
+def set_torch_threads(num_threads: int) -> None:
+    """Pin torch's intra-op threads once per process (0 leaves torch's default).
+
+    On small CPU machines several ClientApps share the cores; one thread each
+    is both faster and steadier than torch's default.
+    """
+    if num_threads > 0 and _THREADS_SET != [num_threads]:
+        torch.set_num_threads(num_threads)
+        _THREADS_SET[:] = [num_threads]
+
+
+def partition_spec_from(config: Mapping[str, Any]) -> PartitionSpec:
+    """The partitioning named in a message config."""
+    return PartitionSpec(
+        partitioner=str(config.get("partitioner", "iid")),
+        num_partitions=int(config["num-clients"]),
+        alpha=float(config.get("dirichlet-alpha", 0.5)),
+        min_partition_size=int(config.get("min-partition-size", 10)),
+        classes_per_client=int(config.get("classes-per-client", 2)),
+        seed=int(config.get("data-seed", 0)),
+    )
+
+
+def train_settings_from(config: Mapping[str, Any]) -> TrainSettings:
+    """The local-training hyperparameters in a message config."""
+    return TrainSettings(
+        epochs=int(config.get("local-epochs", 1)),
+        batch_size=int(config.get("batch-size", 16)),
+        lr=float(config.get("lr", 0.05)),
+        momentum=float(config.get("momentum", 0.0)),
+        weight_decay=float(config.get("weight-decay", 0.0)),
+        patience=int(config.get("patience", 0)),
+        seed=int(config.get("seed", 0)),
+    )
+
+
+@lru_cache(maxsize=4)
+def _model_skeleton(name: str, dataset: str, test_fraction: float, seed: int) -> torch.nn.Module:
+    spec = load_split(dataset, test_fraction, seed).spec
+    return build_model(name, spec)
+
+
+class TorchClient(NumPyClient):
+    """A client that trains a torch model on its partition.
+
+    Parameters
+    ----------
+    client_id : int
+        The partition this client holds (``partition-id`` of its context).
+    """
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.device = pick_device()
+
+    def _data(self, config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        return load_client_data(
+            str(config.get("dataset", "digits")),
+            float(config.get("test-fraction", 0.2)),
+            partition_spec_from(config),
+            self.client_id,
+        )
+
+    def _model(self, config: Mapping[str, Any], parameters: list[np.ndarray]) -> torch.nn.Module:
+        model = _model_skeleton(
+            str(config.get("model", "cnn")),
+            str(config.get("dataset", "digits")),
+            float(config.get("test-fraction", 0.2)),
+            int(config.get("data-seed", 0)),
+        )
+        keys = list(model.state_dict().keys())
+        model.load_state_dict(
+            {k: torch.from_numpy(np.copy(v)) for k, v in zip(keys, parameters)}, strict=True
+        )
+        return model
+
+    def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Report ``num-examples`` (loads the partition, warming the cache)."""
+        set_torch_threads(int(config.get("num-threads", 1)))
+        x, _ = self._data(config)
+        return {"num-examples": len(x), "device": str(self.device)}
+
+    def fit(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        """Train locally from ``parameters``; return the new parameters."""
+        set_torch_threads(int(config.get("num-threads", 1)))
+        x, y = self._data(config)
+        model = self._model(config, parameters)
+        result = train(model, x, y, train_settings_from(config), self.device)
+        params = [v.detach().cpu().numpy() for v in model.state_dict().values()]
+        return (
+            params,
+            len(x),
+            {"train-loss": result.train_loss, "epochs-run": result.epochs_run},
+        )
+
+    def evaluate(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, Any]]:
+        """Loss and accuracy of ``parameters`` on this client's partition."""
+        set_torch_threads(int(config.get("num-threads", 1)))
+        x, y = self._data(config)
+        loss, accuracy = evaluate(self._model(config, parameters), x, y, self.device)
+        return loss, len(x), {"accuracy": accuracy}
+
+
+def client_fn(context: Context) -> TorchClient:
+    """Build the client of ``context.node_config['partition-id']``."""
+    return TorchClient(int(context.node_config["partition-id"]))

@@ -1,0 +1,28 @@
+"""Networks, keyed by the name used in YAML (``model.name``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..data.spec import DatasetSpec
+from .cnn import SmallCNN, build_cnn
+
+MODELS: dict[str, Callable[[DatasetSpec], nn.Module]] = {
+    "cnn": build_cnn,
+}
+"""Registry keyed by ``model.name``: ``builder(dataset_spec) -> nn.Module``."""
+
+
+def build_model(name: str, spec: DatasetSpec, seed: int = 0) -> nn.Module:
+    """Build model ``name`` for ``spec`` with weights initialised from ``seed``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; accepted: {', '.join(MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODELS[name](spec)
+
+
+__all__ = ["MODELS", "SmallCNN", "build_model"]

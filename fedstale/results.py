@@ -1,0 +1,172 @@
+"""Run outputs: ``results/<run-name>/`` with CSVs, checkpoints, model and plots.
+
+Layout of a run folder:
+
+- ``config.yaml``: the resolved configuration (every field);
+- ``metrics.csv``: one row per evaluation (:data:`METRICS_COLUMNS`);
+- ``clients.csv``: one row per received update (:data:`CLIENT_COLUMNS`);
+- ``checkpoints/version_<v>.pt``: the global model every
+  ``output.checkpoint_every`` versions (a PyTorch ``state_dict``);
+- ``model.pt``: the final global model (a ``state_dict``);
+- ``plots/``: PNG plots (see :mod:`fedstale.plots`).
+
+Rows are flushed as they are written, so a crash loses nothing already
+observed; an existing run folder is never overwritten (a new run with the
+same name gets ``<name>-2``, ``<name>-3``, ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import yaml
+from flwr.app import ArrayRecord
+
+METRICS_COLUMNS = (
+    "version",
+    "virtual_time",
+    "wall_time",
+    "updates",
+    "accepted",
+    "dropped",
+    "failures",
+    "mean_staleness",
+    "accuracy",
+    "loss",
+    "fed_accuracy",
+    "fed_loss",
+)
+"""Columns of ``metrics.csv``. ``updates`` counts every received reply
+(accepted, dropped for staleness, or failed); ``mean_staleness`` is over the
+updates accepted since the previous row; ``fed_*`` come from federated
+evaluation (empty when it is off); ``wall_time`` is seconds since the
+strategy started."""
+
+CLIENT_COLUMNS = (
+    "task_id",
+    "client_id",
+    "node",
+    "dispatch_version",
+    "arrival_version",
+    "staleness",
+    "weight",
+    "dispatch_time",
+    "arrival_time",
+    "virtual_duration",
+    "wall_duration",
+    "num_examples",
+    "epochs",
+    "lr",
+    "train_loss",
+    "accepted",
+    "reason",
+)
+"""Columns of ``clients.csv``. ``node`` is the index of the SuperNode hosting
+the client (nodes ordered by ``partition-id``); ``weight`` is the weight the
+strategy gave the update (FedAsync α·s(τ), FedBuff s(τ), FedAvg n_i/Σn);
+``reason`` says why an update was not accepted."""
+
+WALL_COLUMNS = ("wall_time", "wall_duration")
+"""Columns that measure wall time and so differ between identical runs."""
+
+
+def unique_run_dir(base: Path) -> Path:
+    """``base`` if it is free, else the first free ``base-2``, ``base-3``, ..."""
+    candidate, suffix = base, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = base.with_name(f"{base.name}-{suffix}")
+    return candidate
+
+
+class _CsvLog:
+    """A CSV file written one flushed row at a time."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self._file: TextIO = path.open("w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
+        self._writer.writeheader()
+        self._file.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: _cell(row.get(k, "")) for k in self.columns})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class RunRecorder:
+    """Writes a run's outputs as the strategy reports them.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The folder to create (see :func:`unique_run_dir`).
+    resolved_config : dict
+        Written to ``config.yaml``.
+    checkpoint_every : int
+        Save ``checkpoints/version_<v>.pt`` every this many versions (0: never).
+    """
+
+    def __init__(
+        self, run_dir: Path, resolved_config: dict[str, Any], checkpoint_every: int = 0
+    ) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "config.yaml").write_text(
+            yaml.safe_dump(resolved_config, sort_keys=False), encoding="utf-8"
+        )
+        self.checkpoint_every = checkpoint_every
+        self._metrics = _CsvLog(run_dir / "metrics.csv", METRICS_COLUMNS)
+        self._clients = _CsvLog(run_dir / "clients.csv", CLIENT_COLUMNS)
+
+    def on_update(self, row: dict[str, Any]) -> None:
+        """Append a row to ``clients.csv``."""
+        self._clients.write(row)
+
+    def on_evaluate(self, row: dict[str, Any]) -> None:
+        """Append a row to ``metrics.csv``."""
+        self._metrics.write(row)
+
+    def on_model(self, version: int, get_arrays: Callable[[], ArrayRecord]) -> None:
+        """Checkpoint every ``checkpoint_every`` versions."""
+        if self.checkpoint_every and version % self.checkpoint_every == 0:
+            folder = self.run_dir / "checkpoints"
+            folder.mkdir(exist_ok=True)
+            state = dict(get_arrays().to_torch_state_dict())
+            _save_atomic(state, folder / f"version_{version:06d}.pt")
+
+    def finish(self, arrays: ArrayRecord, plots: bool = True) -> None:
+        """Save ``model.pt``, close the CSVs and draw the plots."""
+        _save_atomic(dict(arrays.to_torch_state_dict()), self.run_dir / "model.pt")
+        self._metrics.close()
+        self._clients.close()
+        if plots:
+            from .plots import plot_run  # pylint: disable=import-outside-toplevel
+
+            plot_run(self.run_dir)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a fedstale CSV file."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

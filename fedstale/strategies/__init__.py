@@ -1,0 +1,29 @@
+"""fedstale's strategies: Flower ``Strategy`` subclasses on an async event loop."""
+
+from .base import AsyncStrategy, NullRecorder, Recorder
+from .dynamic import DynamicStaleness
+from .fedasync import FedAsync
+from .fedavg import FedAvg
+from .fedbuff import FedBuff
+from .task import ClientUpdate, Task
+
+STRATEGIES: dict[str, type[AsyncStrategy]] = {
+    "fedasync": FedAsync,
+    "fedbuff": FedBuff,
+    "fedavg": FedAvg,
+    "dynamic": DynamicStaleness,
+}
+"""Registry keyed by the names used in YAML (``strategy.name``)."""
+
+__all__ = [
+    "STRATEGIES",
+    "AsyncStrategy",
+    "ClientUpdate",
+    "DynamicStaleness",
+    "FedAsync",
+    "FedAvg",
+    "FedBuff",
+    "NullRecorder",
+    "Recorder",
+    "Task",
+]

@@ -1,0 +1,145 @@
+"""FedBuff (Nguyen et al., AISTATS 2022): buffered asynchronous aggregation."""
+
+from __future__ import annotations
+
+from logging import INFO
+from typing import Any
+
+import torch
+from flwr.supercore import log
+
+from ..aggregation.reducers import Reducer, WeightedMean
+from .base import AsyncStrategy
+from .task import ClientUpdate
+
+NORMALIZATIONS = ("count", "weight_sum")
+
+
+class FedBuff(AsyncStrategy):
+    """Buffered asynchronous aggregation.
+
+    Clients return Δ_i = x_local − x_start, where x_start is the model version
+    they trained from. Each Δ_i gets the weight w_i = s(τ_i) (× n_i/n̄ with
+    ``weight_by_examples``). When the buffer holds K updates:
+
+        d = (Σ_i w_i / K) · R(Δ, w)      normalization="count" (default)
+        d = R(Δ, w)                      normalization="weight_sum"
+
+    where R is the buffer reducer (the weighted mean Σ w_i Δ_i / Σ w_i by
+    default, so "count" is the paper's (1/K) Σ s(τ_i) Δ_i and "weight_sum" is
+    Σ s(τ_i) Δ_i / Σ s(τ_i)). Then, with server momentum β and learning
+    rate η_g:
+
+        m ← β·m + d,   x ← x + η_g·m     (β = 0: x ← x + η_g·d)
+
+    "count" shrinks the step when the buffer is stale (stale updates count
+    less *and* the step is smaller); "weight_sum" only reweights within the
+    buffer, so the step size does not depend on staleness.
+
+    In ``sync`` mode the buffer is the whole round of ``concurrency`` clients
+    (K is ignored), all with τ = 0.
+
+    Parameters
+    ----------
+    buffer_size : int (default: 10)
+        K, updates per server step.
+    server_lr : float (default: 1.0)
+        η_g.
+    server_momentum : float (default: 0.0)
+        β in [0, 1).
+    normalization : str (default: "count")
+        "count" or "weight_sum", see above.
+    weight_by_examples : bool (default: False)
+        Multiply each weight by n_i / mean(n) over the buffer.
+    reducer : Reducer | None (default: None)
+        R; None is the weighted mean.
+    **kwargs
+        Passed to :class:`~fedstale.strategies.base.AsyncStrategy`.
+    """
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        *,
+        buffer_size: int = 10,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        normalization: str = "count",
+        weight_by_examples: bool = False,
+        reducer: Reducer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {', '.join(NORMALIZATIONS)}, "
+                f"got '{normalization}'"
+            )
+        if not 0 <= server_momentum < 1:
+            raise ValueError(f"server_momentum must be in [0, 1), got {server_momentum}")
+        super().__init__(**kwargs)
+        self.buffer_size = buffer_size
+        self.server_lr = server_lr
+        self.server_momentum = server_momentum
+        self.normalization = normalization
+        self.weight_by_examples = weight_by_examples
+        self.reducer = reducer if reducer is not None else WeightedMean()
+        self._buffer: list[ClientUpdate] = []
+        self._momentum: torch.Tensor | None = None
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(
+            INFO,
+            "\t├──> Buffer K=%d, η_g=%g, momentum=%g, normalization=%s, reducer=%s",
+            self.buffer_size,
+            self.server_lr,
+            self.server_momentum,
+            self.normalization,
+            self.reducer.name,
+        )
+        super().summary()
+
+    def _reset_run_state(self) -> None:
+        super()._reset_run_state()
+        self._buffer = []
+        self._momentum = None
+
+    def staleness_weight(self, update: ClientUpdate) -> float:
+        """s(τ) of one update, computed when it is received."""
+        return self.staleness(update.staleness)
+
+    def weights(self, updates: list[ClientUpdate]) -> torch.Tensor:
+        """w_i: each update's staleness weight, × n_i / mean(n) if asked."""
+        weights = torch.tensor([u.weight for u in updates], dtype=torch.float64)
+        if self.weight_by_examples:
+            sizes = torch.tensor([u.num_examples for u in updates], dtype=torch.float64)
+            weights = weights * sizes / sizes.mean()
+        return weights
+
+    def aggregate_updates(
+        self, model: torch.Tensor, updates: list[ClientUpdate]
+    ) -> torch.Tensor | None:
+        """Buffer the updates; step once the buffer is full (or the round ends)."""
+        for update in updates:
+            update.weight = self.staleness_weight(update)
+        self._buffer.extend(updates)
+        if self.mode == "async" and len(self._buffer) < self.buffer_size:
+            return None
+        buffer, self._buffer = self._buffer, []
+        return self.server_step(model, buffer)
+
+    def server_step(self, model: torch.Tensor, buffer: list[ClientUpdate]) -> torch.Tensor:
+        """Apply one server step from a full buffer."""
+        weights = self.weights(buffer)
+        deltas = torch.stack([u.delta for u in buffer])
+        direction = self.reducer(deltas, weights.to(deltas.dtype))
+        if self.normalization == "count":
+            direction = direction * float(weights.sum() / len(buffer))
+        if self.server_momentum > 0:
+            if self._momentum is None:
+                self._momentum = torch.zeros_like(direction)
+            self._momentum = self.server_momentum * self._momentum + direction
+            direction = self._momentum
+        return model + self.server_lr * direction

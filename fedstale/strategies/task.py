@@ -1,0 +1,95 @@
+"""A training task: one client working on one model version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import Message
+
+
+@dataclass
+class Task:  # pylint: disable=too-many-instance-attributes
+    """One dispatch of the global model to one client, until its reply is merged.
+
+    The strategy fills the dispatch fields; the clock fills ``earliest_finish``
+    and ``finish_time``; the transport fills the message fields.
+    """
+
+    task_id: int
+    client_id: int
+    node_id: int
+    index: int
+    """How many tasks this client had before this one (0 for its first)."""
+    dispatch_version: int
+    dispatch_time: float
+    num_examples: int | None
+    """Size of the client's training set, if it reported it at start."""
+    epochs: float
+    """Local epochs asked for."""
+    min_epochs: float
+    """Fewest local epochs the client may run (early stopping)."""
+    bytes_down: int
+    lr: float
+    seed: int
+    earliest_finish: float = 0.0
+    """Lower bound of ``finish_time``, known at dispatch."""
+    finish_time: float | None = None
+    """Clock time at which the reply is delivered, known once it arrived."""
+    message: Message | None = None
+    message_id: str | None = None
+    pushed_wall: float | None = None
+    reply: Message | None = None
+    arrived_wall: float | None = None
+    failure: str | None = None
+    """Why the task failed (error reply, timeout, malformed update), if it did."""
+    params: torch.Tensor | None = None
+    """The client's returned model as a flat vector, once it arrived."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The reply's MetricRecord, once it arrived."""
+
+    @property
+    def arrived(self) -> bool:
+        """True once a reply, an error or a timeout has ended the task."""
+        return self.reply is not None or self.failure is not None
+
+    @property
+    def wall_duration(self) -> float:
+        """Wall seconds from push to arrival (0 if not both happened)."""
+        if self.pushed_wall is None or self.arrived_wall is None:
+            return 0.0
+        return self.arrived_wall - self.pushed_wall
+
+
+@dataclass
+class ClientUpdate:
+    """A client's reply, ready to be merged.
+
+    Attributes
+    ----------
+    task : Task
+        The task it answers.
+    params : torch.Tensor
+        The client's local model x_local (flat).
+    base : torch.Tensor
+        The global model x_start the client started from (flat).
+    staleness : int
+        τ = server version now − ``task.dispatch_version``.
+    num_examples : int
+        Training examples the client used (its ``num-examples``).
+    weight : float
+        The weight the strategy gave it (filled by the strategy, for the log).
+    """
+
+    task: Task
+    params: torch.Tensor
+    base: torch.Tensor
+    staleness: int
+    num_examples: int
+    weight: float = 1.0
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """Δ = x_local − x_start."""
+        return self.params - self.base
