@@ -35,11 +35,15 @@ def set_torch_threads(num_threads: int) -> None:
         _THREADS_SET[:] = [num_threads]
 
 
-def partition_spec_from(config: Mapping[str, Any]) -> PartitionSpec:
-    """The partitioning named in a message config."""
+def partition_spec_from(config: Mapping[str, Any], num_partitions: int) -> PartitionSpec:
+    """The partitioning named in a message config.
+
+    ``num_partitions`` is used when the config has no ``num-clients`` (a
+    server that is not fedstale's, e.g. Flower's own FedAvg).
+    """
     return PartitionSpec(
         partitioner=str(config.get("partitioner", "iid")),
-        num_partitions=int(config["num-clients"]),
+        num_partitions=int(config.get("num-clients", num_partitions)),
         alpha=float(config.get("dirichlet-alpha", 0.5)),
         min_partition_size=int(config.get("min-partition-size", 10)),
         classes_per_client=int(config.get("classes-per-client", 2)),
@@ -73,17 +77,20 @@ class TorchClient(NumPyClient):
     ----------
     client_id : int
         The partition this client holds (``partition-id`` of its context).
+    num_partitions : int
+        Number of partitions (``num-partitions`` of its context).
     """
 
-    def __init__(self, client_id: int) -> None:
+    def __init__(self, client_id: int, num_partitions: int) -> None:
         self.client_id = client_id
+        self.num_partitions = num_partitions
         self.device = pick_device()
 
     def _data(self, config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         return load_client_data(
             str(config.get("dataset", "digits")),
             float(config.get("test-fraction", 0.2)),
-            partition_spec_from(config),
+            partition_spec_from(config, self.num_partitions),
             self.client_id,
         )
 
@@ -133,4 +140,7 @@ class TorchClient(NumPyClient):
 
 def client_fn(context: Context) -> TorchClient:
     """Build the client of ``context.node_config['partition-id']``."""
-    return TorchClient(int(context.node_config["partition-id"]))
+    return TorchClient(
+        int(context.node_config["partition-id"]),
+        int(context.node_config["num-partitions"]),
+    )

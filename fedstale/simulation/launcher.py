@@ -1,0 +1,190 @@
+"""Run ``flwr run`` against a private local SuperLink, and stop it afterwards.
+
+``flwr run .`` starts a detached local SuperLink that outlives the run (and
+Ray workers under it). Tests and benchmarks must not leave such processes
+behind, nor share one with the user's own runs. :class:`LocalFederation`
+gives each use its own ``FLWR_HOME`` and free ports (Flower reads
+``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` and ``FLWR_LOCAL_CONTROL_API_PORT``),
+runs ``flwr run`` exactly as a user would, and on exit kills, by PID, every
+process whose command line names its ``FLWR_HOME`` (the SuperLink and its
+process group).
+
+Example::
+
+    with LocalFederation(tmp_path) as fed:
+        proc = fed.run(".", {"stop.num_updates": 20}, federation_config="num-supernodes=3")
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def format_run_config(values: dict[str, Any]) -> str:
+    """``{"a.b": 1, "c": "x"}`` → ``a.b=1 c='x'`` (TOML values for ``--run-config``)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = "'" + value.replace("'", "") + "'"
+        else:
+            text = repr(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def _pids_mentioning(flwr_home: str) -> list[int]:
+    """Processes whose command line or environment names ``flwr_home``.
+
+    Every process ``flwr run`` starts (SuperLink, SuperExec, the simulation
+    and Ray's daemons and workers) inherits ``FLWR_HOME`` in its environment.
+    """
+    marker = f"FLWR_HOME={flwr_home}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if flwr_home.encode() in cmdline or marker + b"\0" in environ + b"\0":
+            pids.append(int(entry.name))
+    return pids
+
+
+class LocalFederation:
+    """A private ``FLWR_HOME`` and ports for ``flwr run``; cleans up on exit.
+
+    Parameters
+    ----------
+    workdir : Path
+        Holds ``flwr-home/`` (Flower's state) for this federation.
+    env : dict | None
+        Extra environment variables for ``flwr run`` (and so for the
+        SuperLink and the Ray workers it starts).
+    """
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.flwr_home = (Path(workdir) / "flwr-home").resolve()
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "FLWR_HOME": str(self.flwr_home),
+                "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+                "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "PATH": bin_dir + os.pathsep + self.env.get("PATH", ""),
+            }
+        )
+        self.env.update(env or {})
+        self.flwr = str(Path(bin_dir) / "flwr")
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # pylint: disable=too-many-arguments
+    def run(
+        self,
+        app_dir: str | Path,
+        run_config: dict[str, Any] | None = None,
+        *,
+        federation_config: str | None = None,
+        timeout: float = 900,
+        cwd: str | Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr run APP_DIR --stream`` with the given configs; waits for the end.
+
+        The local SuperLink is started (by ``flwr``) in ``cwd`` (default:
+        ``app_dir``), which is where relative results folders land.
+        """
+        command = [self.flwr, "run", str(app_dir), "--stream"]
+        if run_config:
+            command += ["--run-config", format_run_config(run_config)]
+        if federation_config:
+            command += ["--federation-config", federation_config]
+        return subprocess.run(
+            command,
+            cwd=str(cwd or app_dir),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def processes(self) -> list[int]:
+        """PIDs of processes started for this federation (by their ``FLWR_HOME``)."""
+        return _pids_mentioning(str(self.flwr_home))
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Kill this federation's SuperLink and everything in its process group."""
+        pids = self.processes()
+        groups = set()
+        for pid in pids:
+            try:
+                groups.add(os.getpgid(pid))
+            except ProcessLookupError:
+                continue
+        for group in groups:
+            if group != os.getpgrp():
+                _signal_group(group, signal.SIGTERM)
+        for pid in pids:
+            _signal_pid(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+        for group in groups:
+            if group != os.getpgrp():
+                _signal_group(group, signal.SIGKILL)
+        for pid in pids:
+            _signal_pid(pid, signal.SIGKILL)
+
+
+def _signal_group(group: int, sig: int) -> None:
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
