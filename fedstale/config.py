@@ -504,9 +504,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Load a YAML experiment and apply dotted-name ``overrides`` on top."""
+    """Load a YAML experiment and apply dotted-name ``overrides`` on top.
+
+    An override that switches ``delay.speed.distribution`` to another
+    distribution starts it from the overrides' own parameters: the file's
+    parameters of the previous distribution are dropped rather than reported
+    as unused.
+    """
     values = read_yaml(path)
-    values.update(overrides or {})
+    overrides = dict(overrides or {})
+    key = "delay.speed.distribution"
+    if key in overrides and overrides[key] != values.get(key, defaults()[key]):
+        for param in SPEED_PARAM_NAMES:
+            values.pop(f"delay.speed.{param}", None)
+    values.update(overrides)
     return build_config(values)
 
 

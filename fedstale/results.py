@@ -104,7 +104,7 @@ class _CsvLog:
 
 def _cell(value: Any) -> Any:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.10g}"
     return value
 
 

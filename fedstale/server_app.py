@@ -17,6 +17,7 @@ from .builders import (
 )
 from .config import (
     Config,
+    ConfigError,
     load_config,
     resolve_config_path,
     run_config_overrides,
@@ -80,5 +81,9 @@ def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run``."""
-    config, path = config_from_run(context.run_config, grid.run.override_config)
+    try:
+        config, path = config_from_run(context.run_config, grid.run.override_config)
+    except ConfigError as err:
+        log_line("%s", err, warning=True)
+        raise
     run_experiment(grid, config, path)

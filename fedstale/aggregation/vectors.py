@@ -98,7 +98,9 @@ class ModelCodec:
             part = values[slot.start : slot.stop].reshape(slot.shape)
             if np.issubdtype(slot.dtype, np.integer):
                 part = np.rint(part)
-            record[slot.key] = Array(np.ascontiguousarray(part.astype(slot.dtype)))
+            # ascontiguousarray makes 0-d arrays 1-d: restore the slot's shape.
+            array = np.ascontiguousarray(part.astype(slot.dtype)).reshape(slot.shape)
+            record[slot.key] = Array(array)
         return record
 
     def to_state_dict(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:

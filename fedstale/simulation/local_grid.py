@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from uuid import uuid4
 
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..strategies import AsyncStrategy, Recorder
 
 CLIENT_APP_ERROR_CODE = 2
 """Flower's ``ErrorCode.CLIENT_APP_RAISED_EXCEPTION``."""
@@ -172,3 +178,38 @@ def _ensure_task_identity() -> None:
             getattr(TaskIdentity, attribute)
         except RuntimeError:
             setattr(TaskIdentity, attribute, value)
+
+
+def run_in_process(
+    config: Config,
+    recorder: Recorder | None = None,
+    client_app: ClientApp | None = None,
+    **grid_options: object,
+) -> tuple[Result, AsyncStrategy]:
+    """Run an experiment on a :class:`LocalGrid` (no SuperLink, no Ray).
+
+    Builds everything from ``config`` as the ServerApp does (strategy, clock,
+    initial model, centralized evaluation) and runs fedstale's ClientApp, or
+    ``client_app``, in this process. ``grid_options`` go to
+    :class:`LocalGrid` (``num_nodes``, ``order``, ``per_pull``, ``seed``).
+    Nothing is written to disk unless ``recorder`` does.
+    """
+    # pylint: disable=import-outside-toplevel
+    from ..builders import build_strategy, initial_arrays, make_evaluate_fn, train_config
+
+    if client_app is None:
+        from ..client_app import app as client_app  # type: ignore[no-redef]
+    grid = LocalGrid(client_app, **grid_options)  # type: ignore[arg-type]
+    strategy = build_strategy(config, recorder)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial_arrays(config),
+        num_rounds=config.stop.num_updates,
+        timeout=config.comm.timeout,
+        train_config=train_config(config),
+        evaluate_config=train_config(config),
+        evaluate_fn=make_evaluate_fn(config),
+        max_virtual_time=config.stop.max_virtual_time,
+        target_accuracy=config.stop.target_accuracy,
+    )
+    return result, strategy

@@ -1,6 +1,6 @@
 """fedstale's strategies: Flower ``Strategy`` subclasses on an async event loop."""
 
-from .base import AsyncStrategy, NullRecorder, Recorder
+from .base import AsyncStrategy, MemoryRecorder, NullRecorder, Recorder
 from .dynamic import DynamicStaleness
 from .fedasync import FedAsync
 from .fedavg import FedAvg
@@ -23,6 +23,7 @@ __all__ = [
     "FedAsync",
     "FedAvg",
     "FedBuff",
+    "MemoryRecorder",
     "NullRecorder",
     "Recorder",
     "Task",

@@ -92,6 +92,27 @@ class NullRecorder:
         """Ignore the model."""
 
 
+class MemoryRecorder(NullRecorder):
+    """A recorder that keeps the rows in lists (for tests and notebooks)."""
+
+    def __init__(self) -> None:
+        self.updates: list[dict[str, Any]] = []
+        self.evaluations: list[dict[str, Any]] = []
+        self.versions: list[int] = []
+
+    def on_update(self, row: dict[str, Any]) -> None:
+        """Keep the row."""
+        self.updates.append(row)
+
+    def on_evaluate(self, row: dict[str, Any]) -> None:
+        """Keep the row."""
+        self.evaluations.append(row)
+
+    def on_model(self, version: int, get_arrays: Callable[[], ArrayRecord]) -> None:
+        """Keep the version number."""
+        self.versions.append(version)
+
+
 @dataclass
 class _EvalJob:
     """A federated-evaluation message waiting for its node or its reply."""

@@ -1,0 +1,137 @@
+"""End to end: the real ``flwr run`` path (local SuperLink, Ray simulation engine).
+
+One private federation (own FLWR_HOME and ports, see
+:class:`fedstale.simulation.launcher.LocalFederation`) serves every run of this
+module and is stopped, with every process it started, at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS, WALL_COLUMNS
+from fedstale.simulation.launcher import LocalFederation
+from tests.helpers import ROOT, config, run
+
+pytestmark = pytest.mark.e2e
+
+VERSIONS = 100
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _reproducible(rows, drop=frozenset(WALL_COLUMNS) | {"node"}):
+    return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    work = tmp_path_factory.mktemp("flwr")
+    fed = LocalFederation(work)
+    try:
+        yield fed, work
+    finally:
+        fed.stop()
+        assert fed.processes() == [], "a SuperLink or Ray process outlived the tests"
+
+
+@pytest.fixture(scope="module")
+def default_run(federation):
+    """Plain ``flwr run . --stream`` (2 SuperNodes, Flower's default resources)."""
+    fed, work = federation
+    out = work / "default-results"
+    proc = fed.run(ROOT, {"stop.num_updates": VERSIONS, "run.output_dir": str(out)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc, out / "default"
+
+
+def test_default_run_writes_the_output_contract(default_run):
+    """config.yaml, metrics.csv, clients.csv, checkpoints, model.pt and plots."""
+    proc, run_dir = default_run
+    assert f"[LOG] finished: {VERSIONS} versions" in proc.stdout
+    assert (run_dir / "config.yaml").is_file()
+    metrics = _rows(run_dir / "metrics.csv")
+    clients = _rows(run_dir / "clients.csv")
+    assert tuple(metrics[0]) == METRICS_COLUMNS
+    assert tuple(clients[0]) == CLIENT_COLUMNS
+    assert [int(r["version"]) for r in metrics] == list(range(0, VERSIONS + 1, 5))
+    assert len(clients) == 5 * VERSIONS  # K = 5 accepted updates per version
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "version_000050.pt",
+        "version_000100.pt",
+    ]
+    assert (run_dir / "model.pt").stat().st_size > 100_000
+    for name in ("accuracy_vs_time.png", "staleness_hist.png", "updates_per_client.png"):
+        assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_default_run_learns(default_run):
+    """FedBuff on digits through Flower's simulation engine reaches 90%."""
+    _, run_dir = default_run
+    final = _rows(run_dir / "metrics.csv")[-1]
+    assert float(final["accuracy"]) >= 0.90
+    assert float(final["virtual_time"]) > 0
+
+
+def test_same_rows_with_more_nodes_and_parallel_workers(federation, default_run):
+    """3 SuperNodes on 2 parallel Ray workers give the same rows, wall time aside.
+
+    They also match an in-process run of the same experiment.
+    """
+    fed, work = federation
+    _, first = default_run
+    out = work / "parallel-results"
+    proc = fed.run(
+        ROOT,
+        {"stop.num_updates": VERSIONS, "run.output_dir": str(out)},
+        federation_config="num-supernodes=3 client-resources-num-cpus=1",
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    second = out / "default"
+    for name in ("metrics.csv", "clients.csv"):
+        assert _reproducible(_rows(first / name)) == _reproducible(_rows(second / name))
+    _, _, recorder = run(config(stop__num_updates=VERSIONS))
+    in_process = [float(r["accuracy"]) for r in recorder.evaluations]
+    assert [float(r["accuracy"]) for r in _rows(first / "metrics.csv")] == pytest.approx(in_process, abs=1e-9)
+
+
+def test_config_is_chosen_and_overridden_from_the_run_config(federation):
+    """``config='configs/fedasync.yaml'`` plus an override reach the ServerApp."""
+    fed, work = federation
+    out = work / "fedasync-results"
+    proc = fed.run(
+        ROOT,
+        {
+            "config": "configs/fedasync.yaml",
+            "stop.num_updates": 40,
+            "strategy.alpha": 0.5,
+            "evaluation.every": 20,
+            "run.output_dir": str(out),
+        },
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    resolved = (out / "fedasync" / "config.yaml").read_text()
+    assert "name: fedasync" in resolved and "alpha: 0.5" in resolved
+    clients = _rows(out / "fedasync" / "clients.csv")
+    assert len(clients) == 40  # FedAsync: one version per update
+    assert {float(r["weight"]) <= 0.5 for r in clients} == {True}
+
+
+def test_bad_config_fails_with_one_clear_error(federation):
+    """An invalid field names itself and its accepted values; nothing is written."""
+    fed, work = federation
+    out = work / "bad-results"
+    proc = fed.run(ROOT, {"strategy.name": "fedbuf", "run.output_dir": str(out)})
+    expected = (
+        "strategy.name: 'fedbuf' is not one of fedasync, fedbuff, fedavg, dynamic "
+        "(did you mean 'fedbuff'?)"
+    )
+    assert expected in proc.stdout
+    assert not out.exists()
