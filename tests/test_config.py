@@ -428,14 +428,17 @@ def test_cli_bad_override_exits_2() -> None:
     assert "strategy.name: 'nope' is not one of fedasync, fedbuff, fedavg, dynamic" in proc.stdout
 
 
-def test_switching_distribution_by_override_drops_the_files_parameters() -> None:
+def test_switching_distribution_by_override_drops_the_files_parameters(tmp_path: Path) -> None:
     """Overriding delay.speed.distribution to another one starts it afresh;
     naming the file's own distribution keeps the file's parameters."""
-    default = REPO / "configs" / "default.yaml"  # pareto, shape 1.2, scale 0.005, cap 0.5
+    path = _write(
+        tmp_path,
+        "delay:\n  speed:\n    distribution: pareto\n    shape: 2.0\n    scale: 0.01\n    cap: 0.3\n",
+    )
     switched = load_config(
-        default, {"delay.speed.distribution": "lognormal", "delay.speed.mean": 0.01, "delay.speed.sigma": 1.0}
+        path, {"delay.speed.distribution": "lognormal", "delay.speed.mean": 0.01, "delay.speed.sigma": 1.0}
     )
     speed = switched.delay.speed
     assert (speed.mean, speed.sigma, speed.shape, speed.scale, speed.cap) == (0.01, 1.0, None, None, None)
-    same = load_config(default, {"delay.speed.distribution": "pareto", "delay.speed.cap": 2.0})
-    assert (same.delay.speed.shape, same.delay.speed.scale, same.delay.speed.cap) == (1.2, 0.005, 2.0)
+    same = load_config(path, {"delay.speed.distribution": "pareto", "delay.speed.cap": 2.0})
+    assert (same.delay.speed.shape, same.delay.speed.scale, same.delay.speed.cap) == (2.0, 0.01, 2.0)
