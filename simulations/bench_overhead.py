@@ -233,7 +233,9 @@ def run_flwr(
     """
     cwd = work / f"{name}-cwd"
     cwd.mkdir(parents=True, exist_ok=True)
-    env = {"RAY_TMPDIR": str(work / f"{name}-ray")}
+    # Ray puts unix sockets under RAY_TMPDIR/session_<date>_<pid>/sockets/: keep
+    # the path short (AF_UNIX paths are limited to 107 bytes).
+    env = {"RAY_TMPDIR": str(work / f"r-{name[:3]}")}
     proc = None
     with LocalFederation(work / f"{name}-flwr", env=env) as fed:
         started = time.perf_counter()
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
         f"({versions} versions); Flower FedAvg {updates // per_round} rounds x {per_round} "
         f"clients; --federation-config \"{federation_config}\"")
 
-    work = Path(tempfile.mkdtemp(prefix="fedstale-overhead-"))
+    work = Path(tempfile.mkdtemp(prefix="fso-"))
     marker = str(work)
     status = 0
     try:
