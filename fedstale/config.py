@@ -231,7 +231,7 @@ class CommConfig:
 
     timeout: float = _f(600.0, "wall seconds to wait for a reply before counting it failed", gt=0)
     message_ttl: float = _f(3600.0, "time-to-live of every message, in seconds", gt=0)
-    max_retries: int = _f(2, "consecutive failures before a client is left out", ge=0)
+    max_retries: int = _f(2, "re-dispatches of a failing client before it is left out", ge=0)
     max_inflight_per_node: int = _f(1, "messages in flight per SuperNode", ge=1)
     poll_interval: float = _f(0.005, "wall seconds between pulls when nothing is ready", gt=0)
 
@@ -575,7 +575,7 @@ def describe_fields() -> list[tuple[str, str, str]]:
         shown = "none" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
         extra = ""
         if "choices" in fld.metadata:
-            extra = f" [{' | '.join(fld.metadata['choices'])}]"
+            extra = f" (one of: {', '.join(fld.metadata['choices'])})"
         rows.append((name, shown, fld.metadata["help"] + extra))
     return rows
 
