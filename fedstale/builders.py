@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 
 from .aggregation.staleness import make_staleness_function
 from .client.torch_client import set_torch_threads
@@ -80,6 +82,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         max_retries=config.comm.max_retries,
         message_ttl=config.comm.message_ttl,
         max_inflight_per_node=config.comm.max_inflight_per_node,
+        push_window=config.comm.push_window or None,
         poll_interval=config.comm.poll_interval,
         seed=config.run.seed,
         recorder=recorder,
@@ -131,6 +134,28 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     return evaluate_fn
+
+
+def run_strategy(
+    strategy: AsyncStrategy, grid: Grid, config: Config, arrays: ArrayRecord | None = None
+) -> Result:
+    """``strategy.start(...)`` with everything else the config says.
+
+    The initial model (``arrays``, default from ``run.seed``), the stop
+    conditions, the reply timeout, the clients' config and the centralized
+    evaluation on the held-out test set.
+    """
+    return strategy.start(
+        grid=grid,
+        initial_arrays=arrays if arrays is not None else initial_arrays(config),
+        num_rounds=config.stop.num_updates,
+        timeout=config.comm.timeout,
+        train_config=train_config(config),
+        evaluate_config=train_config(config),
+        evaluate_fn=make_evaluate_fn(config),
+        max_virtual_time=config.stop.max_virtual_time,
+        target_accuracy=config.stop.target_accuracy,
+    )
 
 
 def num_parameters(arrays: ArrayRecord) -> int:

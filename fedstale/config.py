@@ -233,6 +233,9 @@ class CommConfig:
     message_ttl: float = _f(3600.0, "time-to-live of every message, in seconds", gt=0)
     max_retries: int = _f(2, "re-dispatches of a failing client before it is left out", ge=0)
     max_inflight_per_node: int = _f(1, "messages in flight per SuperNode", ge=1)
+    push_window: int = _f(
+        0, "messages in flight in all (0: auto, CPUs + 1 with the virtual clock, no limit with the wall clock)", ge=0
+    )
     poll_interval: float = _f(0.005, "wall seconds between pulls when nothing is ready", gt=0)
 
 

@@ -59,6 +59,7 @@ CLIENT_COLUMNS = (
     "arrival_time",
     "virtual_duration",
     "wall_duration",
+    "fit_seconds",
     "num_examples",
     "epochs",
     "lr",
@@ -67,11 +68,13 @@ CLIENT_COLUMNS = (
     "reason",
 )
 """Columns of ``clients.csv``. ``node`` is the index of the SuperNode hosting
-the client (nodes ordered by ``partition-id``); ``weight`` is the weight the
+the client (nodes ordered by ``partition-id``); ``wall_duration`` is the wall
+time from push to reply and ``fit_seconds`` the part the client spent in
+``fit``; ``weight`` is the weight the
 strategy gave the update (FedAsync α·s(τ), FedBuff s(τ), FedAvg n_i/Σn);
 ``reason`` says why an update was not accepted."""
 
-WALL_COLUMNS = ("wall_time", "wall_duration")
+WALL_COLUMNS = ("wall_time", "wall_duration", "fit_seconds")
 """Columns that measure wall time and so differ between identical runs."""
 
 

@@ -8,13 +8,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from .builders import (
-    build_strategy,
-    initial_arrays,
-    make_evaluate_fn,
-    num_parameters,
-    train_config,
-)
+from .builders import build_strategy, initial_arrays, num_parameters, run_strategy
 from .config import (
     Config,
     ConfigError,
@@ -61,18 +55,7 @@ def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
         num_parameters(arrays),
         run_dir,
     )
-    strategy = build_strategy(config, recorder)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=arrays,
-        num_rounds=config.stop.num_updates,
-        timeout=config.comm.timeout,
-        train_config=train_config(config),
-        evaluate_config=train_config(config),
-        evaluate_fn=make_evaluate_fn(config),
-        max_virtual_time=config.stop.max_virtual_time,
-        target_accuracy=config.stop.target_accuracy,
-    )
+    result = run_strategy(build_strategy(config, recorder), grid, config, arrays)
     recorder.finish(result.arrays, plots=config.output.plots)
     log_line("results written to %s", run_dir)
     return run_dir

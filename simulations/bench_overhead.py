@@ -41,7 +41,7 @@ How (and why this setup)
 ------------------------
 - **Update cost.** ``client.local_epochs`` is calibrated first: one epoch on
   the partition whose size is closest to the mean partition size is timed
-  with the plain loop (best of 3 timings), and the epochs are chosen so that
+  with the plain loop (median of 5 timings), and the epochs are chosen so that
   one update costs about ``--update-seconds`` (default 1.0 s). The plain
   loop's measured seconds per update is printed (it is the actual cost).
 - **Data.** ``--clients`` clients (default 20) with the ``iid`` partitioner by
@@ -65,10 +65,17 @@ How (and why this setup)
   Flower's *default* client resources (2 CPUs per ClientApp) also give one
   ClientApp at a time on these 2-core machines.
 - **Asynchrony costs.** fedstale keeps C = 10 updates in flight and merges
-  them in virtual-finish order, so when it stops after ``updates`` merged
-  updates up to C - 1 dispatched updates may already have been trained by
-  the workers and are never merged: that wasted tail is part of fedstale's
-  loop time, and its share shrinks as ``--updates`` grows.
+  them in virtual-finish order, while Flower's simulation engine trains
+  messages in the order they were pushed (dispatch order). So its first
+  model version needs most of the first C updates trained (pipeline fill),
+  and when it stops after ``updates`` merged updates, C - 1 dispatched
+  updates (with one worker usually already trained) are never merged: U
+  merged updates cost about U + C - 1 trainings (49 for 40, +22 %; 109 for
+  100, +9 %). That is part of fedstale's loop time, as in any asynchronous
+  run that is stopped; the script also prints the steady-state cost per
+  merged update (wall time from version 1 to the last version, from
+  ``metrics.csv`` evaluated at every version) to separate it from the
+  per-update overhead.
 - **Flower's FedAvg round cost.** Under ``flwr run`` in simulation, the
   ServerApp runs in the simulation process with an ``InMemoryGrid``, whose
   ``send_and_receive`` sleeps 0.1 s between pulls (the 3 s sleep of
@@ -76,14 +83,22 @@ How (and why this setup)
   also waits for its slowest client before the next one is dispatched.
 - **Isolation.** Each ``flwr run`` gets its own
   :class:`fedstale.simulation.launcher.LocalFederation` (private FLWR_HOME,
-  free ports, ``RAY_TMPDIR``, all in a temp dir; every process it started is
-  killed when its ``with`` block ends), so both whole-run times include
-  starting a SuperLink. Results, Flower's state and Ray's files go to that
-  temp dir, which is deleted at the end unless ``--keep``. The script then
-  checks that no process mentioning the temp dir (SuperLink, SuperExec,
-  raylet, Ray workers) is left.
+  free ports, its own short ``RAY_TMPDIR``, all in a temp dir; every process
+  it started is killed when its ``with`` block ends), so both whole-run
+  times include starting a SuperLink. Results, Flower's state and Ray's
+  files go to that temp dir, which is deleted at the end unless ``--keep``.
+  The script then checks that no process mentioning the temp dir
+  (SuperLink, SuperExec, raylet, Ray workers) is left, and exits with 1 if
+  one is. ``flwr run --stream`` exits with 0 even when the simulation
+  crashed, so success is judged by the run's outputs (``metrics.csv``, the
+  baseline's timing file), and their absence is an error that shows the
+  tail of ``flwr run``'s output.
+- **Diagnostics.** A sampler thread records the CPU seconds used by each
+  federation's processes (ClientApp workers, the simulation process hosting
+  the ServerApp, the SuperLink, the rest), to tell client compute from
+  framework work.
 
-Run from the repository root (about 3-4 minutes with the defaults)::
+Run from the repository root (about 2.5-4 minutes with the defaults)::
 
     python simulations/bench_overhead.py [--updates 40] [--update-seconds 1.0]
 
@@ -104,6 +119,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -181,8 +197,8 @@ def calibrate(trainer: PlainTrainer, update_seconds: float) -> tuple[int, int, i
     mean = statistics.fmean(sizes)
     client = min(range(len(sizes)), key=lambda c: (abs(sizes[c] - mean), c))
     first = trainer.time_epochs(client, 2) / 2  # warm-up, rough estimate
-    chunk = max(1, math.ceil(0.3 / max(first, 1e-4)))
-    per_epoch = min(trainer.time_epochs(client, chunk) / chunk for _ in range(3))
+    chunk = max(1, math.ceil(0.2 / max(first, 1e-4)))
+    per_epoch = statistics.median(trainer.time_epochs(client, chunk) / chunk for _ in range(5))
     epochs = max(1, round(update_seconds / per_epoch))
     return epochs, client, sizes[client], per_epoch
 
@@ -218,6 +234,96 @@ def describe_failure(proc: subprocess.CompletedProcess[str] | None, what: str) -
     )
 
 
+def ray_tmpdir(work: Path, name: str) -> Path:
+    """A private RAY_TMPDIR for one federation, with a short path.
+
+    Ray puts unix sockets at ``RAY_TMPDIR/ray/session_<date>_<pid>/sockets/
+    plasma_store``, and AF_UNIX paths are limited to 107 bytes: with a longer
+    RAY_TMPDIR (> ~37 characters) the simulation crashes at start-up. Under
+    ``work`` when its path is short enough, else in a fresh dir under /tmp
+    (recorded in ``work/extra-dirs`` so that it is removed with ``work``).
+    """
+    path = work / f"r-{name[:3]}"
+    if len(str(path)) > 36:
+        path = Path(tempfile.mkdtemp(prefix="fso-r-", dir="/tmp"))
+        with (work / "extra-dirs").open("a", encoding="utf-8") as handle:
+            handle.write(f"{path}\n")
+    return path
+
+
+def extra_dirs(work: Path) -> list[Path]:
+    """Temp dirs made outside ``work`` (see :func:`ray_tmpdir`)."""
+    listing = work / "extra-dirs"
+    if not listing.is_file():
+        return []
+    return [Path(line) for line in listing.read_text(encoding="utf-8").split()]
+
+
+class CpuSampler:
+    """CPU seconds used by one federation's processes, by role (a diagnostic).
+
+    A thread reads, every ``interval`` seconds, ``utime + stime`` of every
+    process whose environment names ``marker`` (the federation's FLWR_HOME,
+    inherited by the SuperLink, the simulation and Ray's processes). CPU
+    used by a process after its last sample is missed (<= ``interval``).
+    """
+
+    ROLES = (
+        ("ClientApp workers", "ray::ClientAppActor"),
+        ("ServerApp + simulation engine", "flwr-simulation"),
+        ("SuperLink", "flower-superlink"),
+    )
+    OTHER = "other (flwr CLI, SuperExec, Ray daemons)"
+
+    def __init__(self, marker: str, interval: float = 0.5) -> None:
+        self.marker = f"FLWR_HOME={marker}".encode()
+        self.interval = interval
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.seen: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        """Read the CPU time of every matching process now."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if self.marker + b"\0" not in (entry / "environ").read_bytes() + b"\0":
+                    continue
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            cpu = (int(fields[11]) + int(fields[12])) / self.tick
+            pid = int(entry.name)
+            previous = self.seen.get(pid, ("", 0.0))[1]
+            self.seen[pid] = (command, max(cpu, previous))
+
+    def by_role(self) -> dict[str, float]:
+        """CPU seconds per role."""
+        out = {name: 0.0 for name, _ in self.ROLES}
+        out[self.OTHER] = 0.0
+        for command, cpu in self.seen.values():
+            role = next((name for name, key in self.ROLES if key in command), self.OTHER)
+            out[role] += cpu
+        return out
+
+
 def run_flwr(
     work: Path,
     name: str,
@@ -225,30 +331,31 @@ def run_flwr(
     run_config: dict[str, Any],
     federation_config: str,
     timeout: float,
-) -> tuple[subprocess.CompletedProcess[str] | None, float, list[int]]:
-    """``flwr run`` in a private federation; (process, wall seconds, leftover pids).
+) -> dict[str, Any]:
+    """``flwr run`` in a private federation.
 
-    The federation (SuperLink, SuperExec, simulation, Ray) is stopped when
-    this returns, whatever happened.
+    Returns the process (None on timeout), its wall seconds, the CPU seconds
+    of the federation's processes by role, and the PIDs still alive after the
+    federation was stopped (should be none). The federation (SuperLink,
+    SuperExec, simulation, Ray) is stopped before this returns, whatever
+    happened.
     """
     cwd = work / f"{name}-cwd"
     cwd.mkdir(parents=True, exist_ok=True)
-    # Ray puts unix sockets under RAY_TMPDIR/session_<date>_<pid>/sockets/: keep
-    # the path short (AF_UNIX paths are limited to 107 bytes).
-    env = {"RAY_TMPDIR": str(work / f"r-{name[:3]}")}
+    env = {"RAY_TMPDIR": str(ray_tmpdir(work, name))}
     proc = None
     with LocalFederation(work / f"{name}-flwr", env=env) as fed:
-        started = time.perf_counter()
-        try:
-            proc = fed.run(
-                app_dir, run_config, federation_config=federation_config,
-                timeout=timeout, cwd=cwd,
-            )
-        except subprocess.TimeoutExpired:
-            say(f"  {name}: flwr run did not finish within {timeout:.0f}s")
-        wall = time.perf_counter() - started
-    leftover = fed.processes()
-    return proc, wall, leftover
+        with CpuSampler(str(fed.flwr_home)) as sampler:
+            started = time.perf_counter()
+            try:
+                proc = fed.run(
+                    app_dir, run_config, federation_config=federation_config,
+                    timeout=timeout, cwd=cwd,
+                )
+            except subprocess.TimeoutExpired:
+                say(f"  {name}: flwr run did not finish within {timeout:.0f}s")
+            wall = time.perf_counter() - started
+    return {"proc": proc, "whole": wall, "cpu": sampler.by_role(), "leftover": fed.processes()}
 
 
 def fedstale_run(
@@ -258,9 +365,8 @@ def fedstale_run(
     out = work / "fedstale-results"
     run_config = dict(overrides)
     run_config["run.output_dir"] = str(out)
-    proc, wall, leftover = run_flwr(
-        work, "fedstale", REPO, run_config, federation_config, timeout
-    )
+    run = run_flwr(work, "fedstale", REPO, run_config, federation_config, timeout)
+    proc = run["proc"]
     found = sorted(out.glob("*/metrics.csv"))
     if proc is None or len(found) != 1 or not read_csv(found[0]):
         raise RuntimeError(describe_failure(proc, "fedstale wrote no metrics.csv"))
@@ -271,16 +377,16 @@ def fedstale_run(
     if int(last["version"]) != int(overrides["stop.num_updates"]):
         raise RuntimeError(describe_failure(proc, f"fedstale stopped at version {last['version']}"))
     trained = [r for r in clients if r["epochs"] not in ("", None)]
-    return {
-        "whole": wall,
+    run.update({
         "loop": float(last["wall_time"]),
         "updates": int(last["updates"]),
         "failures": int(last["failures"]),
         "trained": [(int(r["client_id"]), int(float(r["epochs"]))) for r in trained],
         "examples": [int(r["num_examples"]) for r in trained],
-        "leftover": leftover,
+        "rows": [(int(r["version"]), int(r["updates"]), float(r["wall_time"])) for r in metrics],
         "run_dir": run_dir,
-    }
+    })
+    return run
 
 
 def fedavg_run(
@@ -303,14 +409,11 @@ def fedavg_run(
         "min-nodes": num_nodes,
         "timing-file": str(timing),
     }
-    proc, wall, leftover = run_flwr(
-        work, "fedavg", BASELINE_APP, run_config, federation_config, timeout
-    )
-    if proc is None or not timing.is_file():
-        raise RuntimeError(describe_failure(proc, "the FedAvg baseline wrote no timings"))
-    result = json.loads(timing.read_text(encoding="utf-8"))
-    result.update({"whole": wall, "leftover": leftover})
-    return result
+    run = run_flwr(work, "fedavg", BASELINE_APP, run_config, federation_config, timeout)
+    if run["proc"] is None or not timing.is_file():
+        raise RuntimeError(describe_failure(run["proc"], "the FedAvg baseline wrote no timings"))
+    run.update(json.loads(timing.read_text(encoding="utf-8")))
+    return run
 
 
 def stray_processes(marker: str) -> list[str]:
@@ -412,7 +515,6 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
         f"clients; --federation-config \"{federation_config}\"")
 
     work = Path(tempfile.mkdtemp(prefix="fso-"))
-    marker = str(work)
     status = 0
     try:
         say("running fedstale (flwr run of the repository app) ...")
@@ -420,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
             work,
             dict(overrides, **{
                 "stop.num_updates": versions,
-                "evaluation.every": versions,
+                # every version: wall_time per version gives the steady-state rate
+                "evaluation.every": 1,
                 "output.checkpoint_every": 0,
                 "output.plots": False,
             }),
@@ -443,34 +546,54 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
         sizes = [len(trainer.data(c)[0]) for c, _ in fed["trained"]]
         if sizes != fed["examples"]:
             raise RuntimeError("the plain loop's partitions differ from fedstale's clients.csv")
+        cpu_started = time.process_time()
         plain = plain_loop(trainer, fed["trained"])
+        plain_cpu = time.process_time() - cpu_started
         plain_per_update = plain / max(len(fed["trained"]), 1)
         say(f"  {plain:.1f}s, {plain_per_update:.3f}s per update")
 
-        leftovers = fed["leftover"] + avg["leftover"]
-        stray = stray_processes(marker)
-        say()
-        say("contender                 updates   loop s  per update   whole run s")
-        say(f"plain PyTorch loop        {len(fed['trained']):>7} {plain:>8.1f} {plain_per_update:>10.3f}s")
         fed_per = fed["loop"] / max(fed["updates"], 1)
         avg_per = avg["strategy_seconds"] / max(avg["updates"], 1)
+        fed_whole_per = fed["whole"] / max(fed["updates"], 1)
+        avg_whole_per = avg["whole"] / max(avg["updates"], 1)
+        say()
+        say("contender                 updates   loop s  per update   whole run s")
+        say(f"plain PyTorch loop        {len(fed['trained']):>7} {plain:>8.1f} "
+            f"{plain_per_update:>10.3f}s")
         say(f"fedstale FedBuff          {fed['updates']:>7} {fed['loop']:>8.1f} {fed_per:>10.3f}s "
             f"{fed['whole']:>13.1f}")
         say(f"Flower FedAvg.start()     {avg['updates']:>7} {avg['strategy_seconds']:>8.1f} "
             f"{avg_per:>10.3f}s {avg['whole']:>13.1f}")
         say(f"mean examples per update: fedstale {statistics.fmean(fed['examples']):.1f}, "
-            f"FedAvg {avg['examples'] / max(avg['updates'], 1):.1f}")
+            f"FedAvg {avg['examples'] / max(avg['updates'], 1):.1f}; Flower FedAvg's clients "
+            f"report {avg['fit_seconds'] / max(avg['updates'], 1):.3f}s of fit per update")
         say(f"start-up + shutdown outside the loops: fedstale {fed['whole'] - fed['loop']:.1f}s, "
-            f"FedAvg {avg['whole'] - avg['strategy_seconds']:.1f}s")
+            f"FedAvg {avg['whole'] - avg['strategy_seconds']:.1f}s (of which "
+            f"{avg['warmup_seconds']:.1f}s its pre-loop partition loading)")
+        first = next((r for r in fed["rows"] if r[0] >= 1), None)
+        last = fed["rows"][-1]
+        if first is not None and last[1] > first[1]:
+            steady = (last[2] - first[2]) / (last[1] - first[1])
+            say(f"fedstale keeps C={per_round} updates in flight and merges them in virtual "
+                f"order: its first version took {first[2]:.1f}s for {first[1]} merged updates "
+                f"(pipeline fill), and at the stop {per_round - 1} dispatched updates (trained "
+                f"or queued) are never merged ({fed['updates'] + per_round - 1} dispatched for "
+                f"{fed['updates']} merged). Steady-state cost from version {first[0]} to "
+                f"{last[0]}: {steady:.3f}s per merged update ({steady / plain_per_update:.2f}x "
+                f"plain, {steady / avg_per:.2f}x FedAvg)")
+        for label, run in (("fedstale", fed), ("Flower FedAvg", avg)):
+            say(f"CPU seconds during the {label} flwr run: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in run["cpu"].items()))
+        say(f"CPU seconds of the plain loop: {plain_cpu:.1f}")
         if fed["failures"] or avg["failures"]:
             say("WARNING: some client updates failed; the comparison is not like for like")
+        leftovers = fed["leftover"] + avg["leftover"]
+        stray = [p for d in [work, *extra_dirs(work)] for p in stray_processes(str(d))]
         if leftovers or stray:
             status = 1
             say("WARNING: processes left behind: " + "; ".join(map(str, leftovers + stray)))
         else:
             say("leftover processes (SuperLink, SuperExec, raylet, Ray workers): none")
-        fed_whole_per = fed["whole"] / max(fed["updates"], 1)
-        avg_whole_per = avg["whole"] / max(avg["updates"], 1)
         say(f"overhead fedstale / plain PyTorch loop (whole flwr run, ~{plain_per_update:.1f} s "
             f"updates): {fed['whole'] / plain:.2f}x")
         say(f"per-update fedstale / Flower FedAvg (whole flwr run): "
@@ -480,10 +603,12 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
         say(f"overhead fedstale / plain PyTorch loop (strategy loop, ~{plain_per_update:.1f} s "
             f"updates): {fed['loop'] / plain:.2f}x")
     finally:
+        dirs = [*extra_dirs(work), work]
         if args.keep:
-            print(f"kept {work}", file=sys.stderr)
+            print("kept " + " ".join(map(str, dirs)), file=sys.stderr)
         else:
-            shutil.rmtree(work, ignore_errors=True)
+            for path in dirs:
+                shutil.rmtree(path, ignore_errors=True)
     return status
 
 

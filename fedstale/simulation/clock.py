@@ -15,6 +15,7 @@ replies are delivered in arrival order.
 from __future__ import annotations
 
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -30,6 +31,8 @@ class Clock(ABC):
     """Orders replies and keeps the current time of the federation."""
 
     name: str = ""
+    default_push_window: int | None = None
+    """Messages in flight in all, unless the strategy says (None: no limit)."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -84,6 +87,9 @@ class VirtualClock(Clock):
 
     def __init__(self, delays: DelayModel, min_upload_fraction: float = 1.0) -> None:
         super().__init__()
+        # Replies are merged in virtual-finish order: push only about as many
+        # messages as this machine can train at once, earliest finish first.
+        self.default_push_window = (os.cpu_count() or 1) + 1
         self.delays = delays
         self.min_upload_fraction = min_upload_fraction
 

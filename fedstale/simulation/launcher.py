@@ -18,10 +18,12 @@ Example::
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -85,6 +87,9 @@ class LocalFederation:
     def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.flwr_home = (Path(workdir) / "flwr-home").resolve()
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        # Ray's socket paths must fit in 107 bytes, so its private folder
+        # has to be short: /tmp/fedstale-ray-XXXXXXXX.
+        self.ray_tmpdir = Path(tempfile.mkdtemp(prefix="fedstale-ray-", dir="/tmp"))
         bin_dir = str(Path(sys.executable).parent)
         self.env = dict(os.environ)
         self.env.update(
@@ -93,6 +98,7 @@ class LocalFederation:
                 "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
                 "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "RAY_TMPDIR": str(self.ray_tmpdir),
                 "PATH": bin_dir + os.pathsep + self.env.get("PATH", ""),
             }
         )
@@ -119,18 +125,20 @@ class LocalFederation:
         federation_config: str | None = None,
         timeout: float = 900,
         cwd: str | Path | None = None,
+        check: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         """``flwr run APP_DIR --stream`` with the given configs; waits for the end.
 
         The local SuperLink is started (by ``flwr``) in ``cwd`` (default:
-        ``app_dir``), which is where relative results folders land.
+        ``app_dir``), which is where relative results folders land. With
+        ``check``, a failed run raises :class:`FlwrRunError`.
         """
         command = [self.flwr, "run", str(app_dir), "--stream"]
         if run_config:
             command += ["--run-config", format_run_config(run_config)]
         if federation_config:
             command += ["--federation-config", federation_config]
-        return subprocess.run(
+        proc = subprocess.run(
             command,
             cwd=str(cwd or app_dir),
             env=self.env,
@@ -139,6 +147,11 @@ class LocalFederation:
             timeout=timeout,
             check=False,
         )
+        if check and run_failed(proc):
+            raise FlwrRunError(
+                f"flwr run failed ({run_failed(proc)}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+            )
+        return proc
 
     def processes(self) -> list[int]:
         """PIDs of processes started for this federation (by their ``FLWR_HOME``)."""
@@ -166,6 +179,25 @@ class LocalFederation:
                 _signal_group(group, signal.SIGKILL)
         for pid in pids:
             _signal_pid(pid, signal.SIGKILL)
+        shutil.rmtree(self.ray_tmpdir, ignore_errors=True)
+
+
+class FlwrRunError(RuntimeError):
+    """``flwr run`` ended without running the app to completion."""
+
+
+def run_failed(proc: subprocess.CompletedProcess[str]) -> str | None:
+    """Why a ``flwr run --stream`` failed, or None if it did not.
+
+    ``flwr run --stream`` exits with 0 even when the simulation crashed; the
+    crash shows in its output as Flower's ``Exit Code: <n>`` line.
+    """
+    if proc.returncode != 0:
+        return f"exit status {proc.returncode}"
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if "Exit Code:" in line:
+            return line.strip()
+    return None
 
 
 def _signal_group(group: int, sig: int) -> None:

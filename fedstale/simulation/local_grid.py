@@ -195,21 +195,10 @@ def run_in_process(
     Nothing is written to disk unless ``recorder`` does.
     """
     # pylint: disable=import-outside-toplevel
-    from ..builders import build_strategy, initial_arrays, make_evaluate_fn, train_config
+    from ..builders import build_strategy, run_strategy
 
     if client_app is None:
         from ..client_app import app as client_app  # type: ignore[no-redef]
     grid = LocalGrid(client_app, **grid_options)  # type: ignore[arg-type]
     strategy = build_strategy(config, recorder)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial_arrays(config),
-        num_rounds=config.stop.num_updates,
-        timeout=config.comm.timeout,
-        train_config=train_config(config),
-        evaluate_config=train_config(config),
-        evaluate_fn=make_evaluate_fn(config),
-        max_virtual_time=config.stop.max_virtual_time,
-        target_accuracy=config.stop.target_accuracy,
-    )
-    return result, strategy
+    return run_strategy(strategy, grid, config), strategy

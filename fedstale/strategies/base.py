@@ -61,6 +61,7 @@ from ..aggregation.vectors import ModelCodec, UpdateError
 from ..progress import format_evaluation, log_line
 from ..simulation.clock import Clock, WallClock
 from .task import ClientUpdate, Task
+from .transport import Transport
 
 ACTION_KEY = "fedstale-action"
 """ConfigRecord key of the start-up QUERY messages (``describe``/``prepare``)."""
@@ -121,6 +122,7 @@ class _EvalJob:
     node_id: int
     client_id: int
     message_id: str | None = None
+    pushed_wall: float | None = None
     reply: Message | None = None
     done: bool = False
     earliest_finish: float = -math.inf
@@ -164,6 +166,11 @@ class AsyncStrategy(Strategy):
         Time-to-live of every message, in seconds.
     max_inflight_per_node : int (default: 1)
         Messages in flight per SuperNode at most.
+    push_window : int | None (default: None)
+        Messages in flight in all at most; None takes the clock's default
+        (virtual clock: CPUs of this machine + 1, so the simulation engine
+        trains the tasks that finish first; wall clock: no limit). See
+        :mod:`fedstale.strategies.transport`.
     poll_interval : float (default: 0.005)
         Wall seconds between two pulls when nothing is ready.
     seed : int (default: 0)
@@ -190,6 +197,7 @@ class AsyncStrategy(Strategy):
         max_retries: int = 2,
         message_ttl: float = 3600.0,
         max_inflight_per_node: int = 1,
+        push_window: int | None = None,
         poll_interval: float = 0.005,
         seed: int = 0,
         recorder: Recorder | None = None,
@@ -213,6 +221,7 @@ class AsyncStrategy(Strategy):
         self.max_retries = max_retries
         self.message_ttl = message_ttl
         self.max_inflight_per_node = max_inflight_per_node
+        self.push_window = push_window
         self.poll_interval = poll_interval
         self.seed = seed
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
@@ -443,7 +452,7 @@ class AsyncStrategy(Strategy):
             self._pump(grid)
             task = self.clock.next_due(self._inflight.values())
             if task is None:
-                if not self._inflight and not self._queued_tasks():
+                if not self._inflight:
                     log_line("no client left to train; stopping", warning=True)
                     break
                 time.sleep(self.poll_interval)
@@ -480,9 +489,7 @@ class AsyncStrategy(Strategy):
         self._version = 0
         self._inflight: dict[int, Task] = {}
         self._task_of_message: dict[str, Task] = {}
-        self._queues: dict[int, list[Task | _EvalJob]] = {}
-        self._node_load: dict[int, int] = {}
-        self._pushed: dict[str, Task | _EvalJob] = {}
+        self._transport = Transport([], self.max_inflight_per_node, None, math.inf)
         self._placement: dict[int, int] = {}
         self._node_index: dict[int, int] = {}
         self._num_examples: dict[int, int] = {}
@@ -529,8 +536,8 @@ class AsyncStrategy(Strategy):
         self._num_clients = self.num_clients or len(nodes)
         self._clients = set(range(self._num_clients))
         self._placement = {c: nodes[c % len(nodes)] for c in self._clients}
-        self._queues = {n: [] for n in nodes}
-        self._node_load = {n: 0 for n in nodes}
+        window = self.push_window if self.push_window else self.clock.default_push_window
+        self._transport = Transport(nodes, self.max_inflight_per_node, window, self._timeout)
         prepare = {}
         for node in nodes:
             content = ConfigRecord(dict(self._train_config))
@@ -652,7 +659,7 @@ class AsyncStrategy(Strategy):
         arrays = self._current_arrays()
         for message in self.configure_train(self._version, arrays, self._train_config, grid):
             task = self._inflight[int(message.content["config"]["task-id"])]  # type: ignore[arg-type]
-            self._queues[task.node_id].append(task)
+            self._transport.enqueue(task)
 
     def _current_arrays(self) -> ArrayRecord:
         if getattr(self, "_arrays_version", None) != self._version:
@@ -660,55 +667,21 @@ class AsyncStrategy(Strategy):
             self._arrays_version = self._version
         return self._arrays
 
-    def _queued_tasks(self) -> int:
-        return sum(len(q) for q in self._queues.values())
-
     # ------------------------------------------------------------------
     # Transport: push queued messages, pull replies, time out
     # ------------------------------------------------------------------
 
     def _pump(self, grid: Grid) -> None:
-        self._expire()
-        jobs: list[Task | _EvalJob] = []
-        for node, queue in self._queues.items():
-            queue.sort(key=lambda j: (j.earliest_finish, j.task_id))
-            while queue and self._node_load[node] < self.max_inflight_per_node:
-                jobs.append(queue.pop(0))
-                self._node_load[node] += 1
-        if jobs:
-            assert all(j.message is not None for j in jobs)
-            ids = list(grid.push_messages([j.message for j in jobs]))  # type: ignore[misc]
-            now = time.monotonic()
-            for job, message_id in zip(jobs, ids):
-                if isinstance(job, Task):
-                    job.pushed_wall = now
-                if not message_id:
-                    self._node_load[job.node_id] -= 1
-                    self._fail(job, "message could not be pushed")
-                    continue
-                job.message_id = message_id
-                self._pushed[message_id] = job
-                if isinstance(job, Task):
-                    self._task_of_message[message_id] = job
-        if self._pushed:
-            for reply in grid.pull_messages(list(self._pushed)):
-                job = self._pushed.pop(reply.metadata.reply_to_message_id, None)
-                if job is None:
-                    continue
-                self._node_load[job.node_id] -= 1
-                if isinstance(job, Task):
-                    self._receive(job, reply)
-                else:
-                    job.reply, job.done = reply, True
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for message_id, job in list(self._pushed.items()):
-            if isinstance(job, Task) and job.pushed_wall is not None:
-                if now - job.pushed_wall > self._timeout:
-                    del self._pushed[message_id]
-                    self._node_load[job.node_id] -= 1
-                    self._fail(job, f"no reply within {self._timeout:g}s")
+        for job in self._transport.expire():
+            self._fail(job, f"no reply within {self._timeout:g}s")  # type: ignore[arg-type]
+        for job in self._transport.push(grid):
+            self._fail(job, "message could not be pushed")  # type: ignore[arg-type]
+        for job, reply in self._transport.pull(grid):
+            if isinstance(job, Task):
+                self._task_of_message[reply.metadata.reply_to_message_id] = job
+                self._receive(job, reply)
+            else:
+                job.reply, job.done = reply, True  # type: ignore[attr-defined]
 
     def _fail(self, job: Task | _EvalJob, reason: str) -> None:
         if isinstance(job, _EvalJob):
@@ -841,6 +814,7 @@ class AsyncStrategy(Strategy):
             "arrival_time": finish,
             "virtual_duration": finish - task.dispatch_time,
             "wall_duration": task.wall_duration,
+            "fit_seconds": task.metrics.get("fit-seconds", ""),
             "num_examples": task.metrics.get("num-examples", task.num_examples or 0),
             "epochs": task.metrics.get("epochs-run", ""),
             "lr": task.lr,
@@ -915,7 +889,7 @@ class AsyncStrategy(Strategy):
         for message in messages:
             client = int(message.content["config"]["client-id"])  # type: ignore[arg-type]
             job = _EvalJob(message=message, node_id=message.metadata.dst_node_id, client_id=client)
-            self._queues[job.node_id].append(job)
+            self._transport.enqueue(job)
             jobs.append(job)
         deadline = time.monotonic() + self._timeout
         while not all(j.done for j in jobs) and time.monotonic() < deadline:
