@@ -64,18 +64,15 @@ How (and why this setup)
   with parallel speed-up (the plain loop stays sequential). Note that
   Flower's *default* client resources (2 CPUs per ClientApp) also give one
   ClientApp at a time on these 2-core machines.
-- **Asynchrony costs.** fedstale keeps C = 10 updates in flight and merges
-  them in virtual-finish order, while Flower's simulation engine trains
-  messages in the order they were pushed (dispatch order). So its first
-  model version needs most of the first C updates trained (pipeline fill),
-  and when it stops after ``updates`` merged updates, C - 1 dispatched
-  updates (with one worker usually already trained) are never merged: U
-  merged updates cost about U + C - 1 trainings (49 for 40, +22 %; 109 for
-  100, +9 %). That is part of fedstale's loop time, as in any asynchronous
-  run that is stopped; the script also prints the steady-state cost per
+- **Asynchrony costs.** fedstale keeps C = 10 updates in flight on the
+  virtual clock and merges them in virtual-finish order. It pushes at most
+  ``comm.push_window`` messages at a time (default: CPUs + 1), earliest
+  virtual finish first, so Flower's engine trains the updates in about the
+  order they are merged, and a run that stops leaves at most that many
+  trained updates unmerged. The script also prints the steady-state cost per
   merged update (wall time from version 1 to the last version, from
-  ``metrics.csv`` evaluated at every version) to separate it from the
-  per-update overhead.
+  ``metrics.csv`` evaluated at every version) to separate the pipeline fill
+  of the first version from the per-update overhead.
 - **Flower's FedAvg round cost.** Under ``flwr run`` in simulation, the
   ServerApp runs in the simulation process with an ``InMemoryGrid``, whose
   ``send_and_receive`` sleeps 0.1 s between pulls (the 3 s sleep of
@@ -574,11 +571,9 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
         last = fed["rows"][-1]
         if first is not None and last[1] > first[1]:
             steady = (last[2] - first[2]) / (last[1] - first[1])
-            say(f"fedstale keeps C={per_round} updates in flight and merges them in virtual "
-                f"order: its first version took {first[2]:.1f}s for {first[1]} merged updates "
-                f"(pipeline fill), and at the stop {per_round - 1} dispatched updates (trained "
-                f"or queued) are never merged ({fed['updates'] + per_round - 1} dispatched for "
-                f"{fed['updates']} merged). Steady-state cost from version {first[0]} to "
+            say(f"fedstale keeps C={per_round} updates in flight on the virtual clock and "
+                f"merges them in virtual order: its first version took {first[2]:.1f}s for "
+                f"{first[1]} merged updates (pipeline fill). Steady-state cost from version {first[0]} to "
                 f"{last[0]}: {steady:.3f}s per merged update ({steady / plain_per_update:.2f}x "
                 f"plain, {steady / avg_per:.2f}x FedAvg)")
         for label, run in (("fedstale", fed), ("Flower FedAvg", avg)):
