@@ -51,9 +51,9 @@ How
   its time counts as the virtual time at which it stopped (so the mean is a
   lower bound, marked ``>=``).
 
-Run from the repository root (about 40 s on 2 idle cores with 3 seeds, ~15 s per seed)::
+Run from the repository root (about 2.5 min on 2 idle cores with 10 seeds, ~15 s per seed)::
 
-    python simulations/bench_time_to_accuracy.py [--target 0.9] [--seeds 3]
+    python simulations/bench_time_to_accuracy.py [--target 0.9] [--seeds 10]
 
 Nothing is written to disk; the last line of the output is the FedBuff vs
 sync FedAvg speedup.
@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--target", type=float, default=0.90,
                         help="target test accuracy in (0, 1] (default: 0.90)")
-    parser.add_argument("--seeds", type=int, default=3,
-                        help="number of seeds, run.seed = 0..seeds-1 (default: 3)")
+    parser.add_argument("--seeds", type=int, default=10,
+                        help="number of seeds, run.seed = 0..seeds-1 (default: 10)")
     parser.add_argument("--max-versions", type=int, default=200,
                         help="budget in sync FedAvg rounds; the async strategies get the same "
                         "number of client updates (default: 200 = 2000 updates)")

@@ -275,26 +275,43 @@ class AsyncStrategy(Strategy):
         messages = []
         for client_id in self._select_clients(self._free_slots()):
             task = self._new_task(client_id, server_round, config)
-            content = ConfigRecord(dict(config))
-            content.update(
-                {
-                    "client-id": client_id,
-                    "num-clients": self._num_clients,
-                    "task-id": task.task_id,
-                    "seed": task.seed,
-                    "lr": task.lr,
-                    "server-round": server_round,
-                }
-            )
-            task.message = Message(
-                RecordDict({"arrays": arrays, "config": content}),
-                dst_node_id=task.node_id,
-                message_type=MessageType.TRAIN,
-                ttl=self.message_ttl,
-                group_id=str(server_round),
+            task.message = self._client_message(
+                client_id,
+                MessageType.TRAIN,
+                arrays,
+                config,
+                server_round,
+                {"task-id": task.task_id, "seed": task.seed, "lr": task.lr},
             )
             messages.append(task.message)
         return messages
+
+    def _client_message(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+        self,
+        client_id: int,
+        message_type: str,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        version: int,
+        extra: dict[str, Any] | None = None,
+    ) -> Message:
+        """A message to client ``client_id`` on its SuperNode, with a TTL."""
+        content = ConfigRecord(dict(config))
+        content.update(
+            {
+                "client-id": client_id,
+                "num-clients": self._num_clients,
+                "server-round": version,
+                **(extra or {}),
+            }
+        )
+        return Message(
+            RecordDict({"arrays": arrays, "config": content}),
+            dst_node_id=self._placement[client_id],
+            message_type=message_type,
+            ttl=self.message_ttl,
+            group_id=str(version),
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -350,26 +367,11 @@ class AsyncStrategy(Strategy):
         if count <= 0:
             return []
         rng = np.random.default_rng([self.seed, 3, server_round])
-        messages = []
-        for client_id in sorted(rng.choice(available, size=count, replace=False)):
-            content = ConfigRecord(dict(config))
-            content.update(
-                {
-                    "client-id": int(client_id),
-                    "num-clients": self._num_clients,
-                    "server-round": server_round,
-                }
-            )
-            messages.append(
-                Message(
-                    RecordDict({"arrays": arrays, "config": content}),
-                    dst_node_id=self._placement[int(client_id)],
-                    message_type=MessageType.EVALUATE,
-                    ttl=self.message_ttl,
-                    group_id=str(server_round),
-                )
-            )
-        return messages
+        chosen = sorted(int(c) for c in rng.choice(available, size=count, replace=False))
+        return [
+            self._client_message(c, MessageType.EVALUATE, arrays, config, server_round)
+            for c in chosen
+        ]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -512,6 +514,8 @@ class AsyncStrategy(Strategy):
         self._last_accuracy: float | None = None
         self._stop_reason = ""
         self._rng = np.random.default_rng([self.seed, 4])
+        self._arrays = ArrayRecord()
+        self._arrays_version = -1
         self._num_clients = self.num_clients or 0
 
     # ------------------------------------------------------------------
@@ -662,7 +666,7 @@ class AsyncStrategy(Strategy):
             self._transport.enqueue(task)
 
     def _current_arrays(self) -> ArrayRecord:
-        if getattr(self, "_arrays_version", None) != self._version:
+        if self._arrays_version != self._version:
             self._arrays = self._codec.unflatten(self._model)
             self._arrays_version = self._version
         return self._arrays
