@@ -188,3 +188,22 @@ def test_federated_evaluation_fills_its_columns():
     assert all(0 <= r["fed_accuracy"] <= 1 for r in rec.evaluations)
     assert sorted(result.evaluate_metrics_clientapp) == [0, 5, 10]
     assert all(math.isfinite(r["fed_loss"]) for r in rec.evaluations)
+
+
+def test_wall_clock_merges_in_arrival_order():
+    """delay.clock: wall (deployment): time is wall time, order is arrival order."""
+    cfg = config(
+        stop__num_updates=10,
+        delay__clock="wall",
+        delay__speed__distribution="constant",
+        delay__speed__value=10.0,  # 10 s per example if the delay model were used
+    )
+    _, strategy, rec = run(cfg, order="random")
+    assert strategy.clock.name == "wall"
+    assert strategy._version == 10
+    times = [r["arrival_time"] for r in rec.updates]
+    assert times == sorted(times)
+    # Durations are wall durations of real work, not the delay model's
+    # (which would be >= 10 s/example x 10 examples).
+    assert all(0 <= r["virtual_duration"] < 5 for r in rec.updates)
+    assert rec.evaluations[-1]["virtual_time"] <= strategy.clock.wall_elapsed()
