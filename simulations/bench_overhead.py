@@ -79,13 +79,13 @@ How (and why this setup)
   ``HttpGrid.send_and_receive`` applies to deployment, not here); a round
   also waits for its slowest client before the next one is dispatched.
 - **Isolation.** Each ``flwr run`` gets its own
-  :class:`fedstale.simulation.launcher.LocalFederation` (private FLWR_HOME,
-  free ports, its own short ``RAY_TMPDIR``, all in a temp dir; every process
-  it started is killed when its ``with`` block ends), so both whole-run
-  times include starting a SuperLink. Results, Flower's state and Ray's
-  files go to that temp dir, which is deleted at the end unless ``--keep``.
-  The script then checks that no process mentioning the temp dir
-  (SuperLink, SuperExec, raylet, Ray workers) is left, and exits with 1 if
+  :class:`fedstale.simulation.launcher.LocalFederation` (private FLWR_HOME
+  in a temp dir, free ports, its own short ``RAY_TMPDIR``; every process it
+  started is killed when its ``with`` block ends), so both whole-run times
+  include starting a SuperLink. Results and Flower's state go to the temp
+  dir, which is deleted at the end unless ``--keep``. The script then checks
+  that no process of either federation (SuperLink, SuperExec, raylet, Ray
+  workers: every process with its FLWR_HOME) is left, and exits with 1 if
   one is. ``flwr run --stream`` exits with 0 even when the simulation
   crashed, so success is judged by the run's outputs (``metrics.csv``, the
   baseline's timing file), and their absence is an error that shows the
@@ -231,31 +231,6 @@ def describe_failure(proc: subprocess.CompletedProcess[str] | None, what: str) -
     )
 
 
-def ray_tmpdir(work: Path, name: str) -> Path:
-    """A private RAY_TMPDIR for one federation, with a short path.
-
-    Ray puts unix sockets at ``RAY_TMPDIR/ray/session_<date>_<pid>/sockets/
-    plasma_store``, and AF_UNIX paths are limited to 107 bytes: with a longer
-    RAY_TMPDIR (> ~37 characters) the simulation crashes at start-up. Under
-    ``work`` when its path is short enough, else in a fresh dir under /tmp
-    (recorded in ``work/extra-dirs`` so that it is removed with ``work``).
-    """
-    path = work / f"r-{name[:3]}"
-    if len(str(path)) > 36:
-        path = Path(tempfile.mkdtemp(prefix="fso-r-", dir="/tmp"))
-        with (work / "extra-dirs").open("a", encoding="utf-8") as handle:
-            handle.write(f"{path}\n")
-    return path
-
-
-def extra_dirs(work: Path) -> list[Path]:
-    """Temp dirs made outside ``work`` (see :func:`ray_tmpdir`)."""
-    listing = work / "extra-dirs"
-    if not listing.is_file():
-        return []
-    return [Path(line) for line in listing.read_text(encoding="utf-8").split()]
-
-
 class CpuSampler:
     """CPU seconds used by one federation's processes, by role (a diagnostic).
 
@@ -339,9 +314,8 @@ def run_flwr(
     """
     cwd = work / f"{name}-cwd"
     cwd.mkdir(parents=True, exist_ok=True)
-    env = {"RAY_TMPDIR": str(ray_tmpdir(work, name))}
     proc = None
-    with LocalFederation(work / f"{name}-flwr", env=env) as fed:
+    with LocalFederation(work / f"{name}-flwr") as fed:
         with CpuSampler(str(fed.flwr_home)) as sampler:
             started = time.perf_counter()
             try:
@@ -411,24 +385,6 @@ def fedavg_run(
         raise RuntimeError(describe_failure(run["proc"], "the FedAvg baseline wrote no timings"))
     run.update(json.loads(timing.read_text(encoding="utf-8")))
     return run
-
-
-def stray_processes(marker: str) -> list[str]:
-    """Processes (other than this one) whose command line or environment names ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().split()[2]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and (marker.encode() in cmdline or marker.encode() in environ):
-            command = cmdline.replace(b"\0", b" ").decode(errors="replace")[:120]
-            found.append(f"{entry.name}: {command}")
-    return found
 
 
 # --------------------------------------------------------------------------
@@ -583,10 +539,9 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
         if fed["failures"] or avg["failures"]:
             say("WARNING: some client updates failed; the comparison is not like for like")
         leftovers = fed["leftover"] + avg["leftover"]
-        stray = [p for d in [work, *extra_dirs(work)] for p in stray_processes(str(d))]
-        if leftovers or stray:
+        if leftovers:
             status = 1
-            say("WARNING: processes left behind: " + "; ".join(map(str, leftovers + stray)))
+            say("WARNING: processes left behind (PIDs): " + ", ".join(map(str, leftovers)))
         else:
             say("leftover processes (SuperLink, SuperExec, raylet, Ray workers): none")
         say(f"overhead fedstale / plain PyTorch loop (whole flwr run, ~{plain_per_update:.1f} s "
@@ -598,12 +553,10 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
         say(f"overhead fedstale / plain PyTorch loop (strategy loop, ~{plain_per_update:.1f} s "
             f"updates): {fed['loop'] / plain:.2f}x")
     finally:
-        dirs = [*extra_dirs(work), work]
         if args.keep:
-            print("kept " + " ".join(map(str, dirs)), file=sys.stderr)
+            print(f"kept {work}", file=sys.stderr)
         else:
-            for path in dirs:
-                shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
     return status
 
 

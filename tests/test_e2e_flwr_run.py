@@ -87,7 +87,7 @@ def test_same_rows_with_more_nodes_and_parallel_workers(federation, default_run)
     fed, work = federation
     _, first = default_run
     out = work / "parallel-results"
-    proc = fed.run(
+    fed.run(
         ROOT,
         {"stop.num_updates": VERSIONS, "run.output_dir": str(out)},
         federation_config="num-supernodes=3 client-resources-num-cpus=1",
@@ -105,7 +105,7 @@ def test_config_is_chosen_and_overridden_from_the_run_config(federation):
     """``config='configs/fedasync.yaml'`` plus an override reach the ServerApp."""
     fed, work = federation
     out = work / "fedasync-results"
-    proc = fed.run(
+    fed.run(
         ROOT,
         {
             "config": "configs/fedasync.yaml",
