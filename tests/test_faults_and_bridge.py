@@ -174,3 +174,4 @@ def test_a_plain_numpy_client_plugs_in():
     final = next(iter(result.arrays.values())).numpy()
     assert final == pytest.approx(np.full(3, w), abs=1e-6)
     assert sorted({r["num_examples"] for r in recorder.updates}) == [10, 11, 12, 13]
+    assert {r["lr"] for r in recorder.updates} == {""}  # no lr in the config: none sent

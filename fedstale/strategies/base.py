@@ -281,7 +281,8 @@ class AsyncStrategy(Strategy):
                 arrays,
                 config,
                 server_round,
-                {"task-id": task.task_id, "seed": task.seed, "lr": task.lr},
+                {"task-id": task.task_id, "seed": task.seed}
+                | ({} if task.lr is None else {"lr": task.lr}),
             )
             messages.append(task.message)
         return messages
@@ -631,8 +632,10 @@ class AsyncStrategy(Strategy):
         epochs = float(config.get("local-epochs", 1))  # type: ignore[arg-type]
         patience = int(config.get("patience", 0))  # type: ignore[arg-type]
         min_epochs = epochs if patience <= 0 else min(epochs, patience + 1.0)
-        base_lr = float(config.get("lr", 0.0))  # type: ignore[arg-type]
-        lr = base_lr / (1.0 + self.lr_delay_alpha * self._last_staleness.get(client_id, 0))
+        lr = None
+        if "lr" in config:  # γ0 / (1 + α_lr · τ_last); no lr in the config, none sent
+            base_lr = float(config["lr"])  # type: ignore[arg-type]
+            lr = base_lr / (1.0 + self.lr_delay_alpha * self._last_staleness.get(client_id, 0))
         seed = int(np.random.SeedSequence([self.seed, 5, client_id, index]).generate_state(1)[0])
         task = Task(
             task_id=self._next_task_id,
@@ -821,7 +824,7 @@ class AsyncStrategy(Strategy):
             "fit_seconds": task.metrics.get("fit-seconds", ""),
             "num_examples": task.metrics.get("num-examples", task.num_examples or 0),
             "epochs": task.metrics.get("epochs-run", ""),
-            "lr": task.lr,
+            "lr": "" if task.lr is None else task.lr,
             "train_loss": train_loss,
             "accepted": accepted,
             "reason": reason,

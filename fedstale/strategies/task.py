@@ -31,7 +31,8 @@ class Task:  # pylint: disable=too-many-instance-attributes
     min_epochs: float
     """Fewest local epochs the client may run (early stopping)."""
     bytes_down: int
-    lr: float
+    lr: float | None
+    """Learning rate sent to the client (None: the config had no ``lr``)."""
     seed: int
     earliest_finish: float = 0.0
     """Lower bound of ``finish_time``, known at dispatch."""
