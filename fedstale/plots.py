@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,10 +18,9 @@ from pathlib import Path
 from .results import read_csv
 
 
-def _pyplot(run_dir: Path):  # type: ignore[no-untyped-def]
-    # Matplotlib caches fonts in MPLCONFIGDIR (default ~/.config/matplotlib);
-    # keep that cache beside the results so a run writes nowhere else.
-    os.environ.setdefault("MPLCONFIGDIR", str(run_dir.parent / ".cache" / "matplotlib"))
+def _pyplot():  # type: ignore[no-untyped-def]
+    # MPLCONFIGDIR is set by fedstale/__init__.py (Matplotlib's cache stays in
+    # the working directory).
     import matplotlib  # pylint: disable=import-outside-toplevel
 
     matplotlib.use("Agg")
@@ -34,7 +32,7 @@ def _pyplot(run_dir: Path):  # type: ignore[no-untyped-def]
 def plot_run(run_dir: Path) -> list[Path]:
     """Draw the plots of ``run_dir``; return their paths."""
     run_dir = Path(run_dir)
-    plt = _pyplot(run_dir)
+    plt = _pyplot()
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     metrics = [r for r in read_csv(run_dir / "metrics.csv") if r["accuracy"] != ""]

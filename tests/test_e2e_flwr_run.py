@@ -33,8 +33,19 @@ def _reproducible(rows, drop=frozenset(WALL_COLUMNS) | {"node"}):
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
+    """A private federation whose processes see an empty HOME.
+
+    Runs start from ``work/cwd`` (the user's working directory), so the
+    tests can check that fedstale writes nothing to HOME or the repository.
+    """
     work = tmp_path_factory.mktemp("flwr")
-    fed = LocalFederation(work)
+    home = work / "home"
+    home.mkdir()
+    (work / "cwd").mkdir()
+    fed = LocalFederation(work, env={"HOME": str(home)})
+    fed.env.pop("MPLCONFIGDIR", None)  # set in this process by importing fedstale
+    original_run = fed.run
+    fed.run = lambda *a, **k: original_run(*a, cwd=work / "cwd", **k)  # type: ignore[method-assign]
     try:
         yield fed, work
     finally:
@@ -69,6 +80,14 @@ def test_default_run_writes_the_output_contract(default_run):
     assert (run_dir / "model.pt").stat().st_size > 100_000
     for name in ("accuracy_vs_time.png", "staleness_hist.png", "updates_per_client.png"):
         assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_nothing_is_written_outside_the_working_directory(federation, default_run):
+    """HOME stays empty: Flower's state is in FLWR_HOME, caches in the working dir."""
+    _, work = federation
+    written = sorted(str(p.relative_to(work / "home")) for p in (work / "home").rglob("*"))
+    assert written == []
+    assert (work / "cwd" / ".cache" / "matplotlib").is_dir()
 
 
 def test_default_run_learns(default_run):
