@@ -98,10 +98,13 @@ def test_default_run_learns(default_run):
     assert float(final["virtual_time"]) > 0
 
 
-def test_same_rows_with_more_nodes_and_parallel_workers(federation, default_run):
-    """3 SuperNodes on 2 parallel Ray workers give the same rows, wall time aside.
+def test_same_rows_with_two_parallel_ray_workers(federation, default_run):
+    """2 Ray workers training at once give the same rows as 1, wall time aside.
 
-    They also match an in-process run of the same experiment.
+    Flower's default client resources (2 CPUs per ClientApp) give one worker
+    on these 2-core machines; ``client-resources-num-cpus=1`` gives two. The
+    rows also match an in-process run of the same experiment (and the
+    in-process tests vary the number of nodes and the reply order).
     """
     fed, work = federation
     _, first = default_run
@@ -109,12 +112,16 @@ def test_same_rows_with_more_nodes_and_parallel_workers(federation, default_run)
     fed.run(
         ROOT,
         {"stop.num_updates": VERSIONS, "run.output_dir": str(out)},
-        federation_config="num-supernodes=3 client-resources-num-cpus=1",
+        federation_config="num-supernodes=2 client-resources-num-cpus=1",
         check=True,
     )
     second = out / "default"
     for name in ("metrics.csv", "clients.csv"):
-        assert _reproducible(_rows(first / name)) == _reproducible(_rows(second / name))
+        a, b = _rows(first / name), _rows(second / name)
+        assert len(a) == len(b) > 0
+        assert _reproducible(a, drop=frozenset(WALL_COLUMNS)) == _reproducible(
+            b, drop=frozenset(WALL_COLUMNS)
+        )
     _, _, recorder = run(config(stop__num_updates=VERSIONS))
     in_process = [float(r["accuracy"]) for r in recorder.evaluations]
     assert [float(r["accuracy"]) for r in _rows(first / "metrics.csv")] == pytest.approx(in_process, abs=1e-9)
