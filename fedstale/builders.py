@@ -10,12 +10,17 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
+from .aggregation.filters import NormBound, ValidationCheck
+from .aggregation.reducers import Reducer
 from .aggregation.staleness import make_staleness_function
+from .aggregation.trust import TrustTracker
+from .aggregation.vectors import ModelCodec
 from .client.torch_client import set_torch_threads
 from .client.training import evaluate, pick_device
-from .config import Config, StrategyConfig
+from .config import Config
 from .data import load_split
 from .models import build_model
+from .simulation.adversary import Adversary, choose_malicious
 from .simulation.clock import Clock, VirtualClock, WallClock
 from .simulation.delays import DelayModel, make_distribution
 from .strategies import STRATEGIES, AsyncStrategy, Recorder
@@ -41,26 +46,101 @@ def build_clock(config: Config) -> Clock:
     return VirtualClock(delays)
 
 
-def strategy_kwargs(strategy: StrategyConfig) -> dict[str, Any]:
+def build_reducer(config: Config) -> Reducer:
+    """The buffer reducer named by ``strategy.aggregator`` with its parameters."""
+    from .aggregation.pipeline import make_aggregator  # pylint: disable=import-outside-toplevel
+
+    r = config.strategy.robust
+    return make_aggregator(
+        config.strategy.aggregator,
+        f=r.f,
+        beta=r.beta,
+        multikrum_m=r.multikrum_m,
+        clip_norm=r.clip_norm,
+        cc_tau=r.cc_tau,
+        cc_iterations=r.cc_iterations,
+        gm_nu=r.gm_nu,
+        gm_iterations=r.gm_iterations,
+        bucket_size=r.bucket_size,
+        seed=config.run.seed,
+    )
+
+
+def build_trust(config: Config) -> TrustTracker | None:
+    """The trust tracker, if ``strategy.trust.enabled``."""
+    t = config.strategy.trust
+    if not t.enabled:
+        return None
+    return TrustTracker(t.smoothing, t.quarantine_below, t.recover_above)
+
+
+def build_adversary(config: Config) -> Adversary | None:
+    """The simulation's Byzantine clients, unless ``attack.name`` is none."""
+    a = config.attack
+    if a.name == "none":
+        return None
+    malicious = choose_malicious(config.data.num_clients, a.fraction, a.clients, config.run.seed)
+    params = {
+        "boost": a.boost,
+        "scale": a.scale,
+        "sigma": a.sigma,
+        "target_label": a.target_label,
+        "trigger_size": a.trigger_size,
+        "poison_fraction": a.poison_fraction,
+        "z": a.z,
+        "epsilon": a.epsilon,
+    }
+    return Adversary(a.name, malicious, params, window=config.strategy.concurrency)
+
+
+def make_validation_loss(config: Config) -> Callable[[torch.Tensor], float]:
+    """Loss of a flat model vector on the server's validation set."""
+    d = config.data
+    data = load_split(d.dataset, d.test_fraction, d.seed, d.server_val_size)
+    assert data.x_val is not None and data.y_val is not None
+    model = build_model(config.model.name, data.spec)
+    codec = ModelCodec(initial_arrays(config))
+    device = pick_device()
+
+    def loss_fn(flat: torch.Tensor) -> float:
+        model.load_state_dict(codec.to_state_dict(flat))
+        return evaluate(model, data.x_val, data.y_val, device)[0]
+
+    return loss_fn
+
+
+def strategy_kwargs(config: Config) -> dict[str, Any]:
     """Constructor arguments specific to the configured strategy."""
+    strategy = config.strategy
     if strategy.name == "fedasync":
-        return {"alpha": strategy.alpha}
-    if strategy.name in ("fedbuff", "dynamic"):
-        kwargs: dict[str, Any] = {
-            "buffer_size": strategy.buffer_size,
-            "server_lr": strategy.server_lr,
-            "server_momentum": strategy.server_momentum,
-            "normalization": strategy.normalization,
-            "weight_by_examples": strategy.weight_by_examples,
+        f = strategy.filter
+        return {
+            "alpha": strategy.alpha,
+            "norm_bound": None if f.norm_bound is None else NormBound(f.norm_bound, f.norm_window),
+            "validation": (
+                None
+                if f.validation_tolerance is None
+                else ValidationCheck(f.validation_tolerance, make_validation_loss(config))
+            ),
+            "trust_window": strategy.trust.window,
         }
-        if strategy.name == "dynamic":
-            kwargs.update(
-                ema=strategy.dynamic.ema,
-                b_min=strategy.dynamic.b_min,
-                similarity_exponent=strategy.dynamic.similarity_exponent,
-            )
-        return kwargs
-    return {}
+    if strategy.name == "fedavg":
+        return {"reducer": build_reducer(config)}
+    kwargs: dict[str, Any] = {
+        "buffer_size": strategy.buffer_size,
+        "server_lr": strategy.server_lr,
+        "server_momentum": strategy.server_momentum,
+        "normalization": strategy.normalization,
+        "weight_by_examples": strategy.weight_by_examples,
+        "reducer": build_reducer(config),
+    }
+    if strategy.name == "dynamic":
+        kwargs.update(
+            ema=strategy.dynamic.ema,
+            b_min=strategy.dynamic.b_min,
+            similarity_exponent=strategy.dynamic.similarity_exponent,
+        )
+    return kwargs
 
 
 def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStrategy:
@@ -85,8 +165,10 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         push_window=config.comm.push_window or None,
         poll_interval=config.comm.poll_interval,
         seed=config.run.seed,
+        trust=build_trust(config),
+        adversary=build_adversary(config),
         recorder=recorder,
-        **strategy_kwargs(s),
+        **strategy_kwargs(config),
     )
 
 
@@ -110,6 +192,7 @@ def train_config(config: Config) -> ConfigRecord:
             "weight-decay": c.weight_decay,
             "patience": c.patience,
             "num-threads": c.num_threads,
+            "server-val-size": d.server_val_size,
         }
     )
 
@@ -122,16 +205,31 @@ def initial_arrays(config: Config) -> ArrayRecord:
 
 
 def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecord]:
-    """Centralized evaluation on the held-out test set: ``accuracy`` and ``loss``."""
+    """Centralized evaluation on the held-out test set: ``accuracy`` and ``loss``.
+
+    Under a backdoor attack it adds ``attack-success``: the accuracy on the
+    triggered test set (test images of other classes, triggered, labelled
+    with the target), i.e. the share the backdoor sends to its target.
+    """
     data = load_split(config.data.dataset, config.data.test_fraction, config.data.seed)
     model = build_model(config.model.name, data.spec)
     device = pick_device()
     set_torch_threads(config.client.num_threads)
+    backdoor = None
+    if config.attack.name == "backdoor":
+        from .data.backdoor import backdoor_test_set  # pylint: disable=import-outside-toplevel
+
+        backdoor = backdoor_test_set(
+            data.x_test, data.y_test, config.attack.target_label, config.attack.trigger_size
+        )
 
     def evaluate_fn(version: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(model, data.x_test, data.y_test, device)
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        record = MetricRecord({"accuracy": accuracy, "loss": loss})
+        if backdoor is not None:
+            record["attack-success"] = evaluate(model, backdoor[0], backdoor[1], device)[1]
+        return record
 
     return evaluate_fn
 

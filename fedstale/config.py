@@ -83,6 +83,7 @@ class DataConfig:
     min_partition_size: int = _f(10, "fewest examples per client (dirichlet)", ge=0)
     classes_per_client: int = _f(2, "labels per client (pathological)", ge=1)
     test_fraction: float = _f(0.2, "share held out as the server's test set", gt=0, lt=1)
+    server_val_size: int = _f(0, "examples of the clients' pool kept by the server for validation", ge=0)
     seed: int = _f(0, "seed of the train/test split and of the partitioning", ge=0)
 
 
@@ -133,6 +134,48 @@ class DynamicConfig:
 
 
 @dataclass
+class RobustConfig:
+    """``strategy.robust``: parameters of the robust aggregation pipeline."""
+
+    f: int = _f(1, "Byzantine updates tolerated per aggregation (krum, multi_krum, bulyan, nnm)", ge=0)
+    beta: float = _f(0.1, "share trimmed from each end per coordinate (trimmed_mean)", ge=0, lt=0.5)
+    multikrum_m: int | None = _f(None, "updates Multi-Krum averages (none: n - f)", ge=1, optional=True)
+    clip_norm: float = _f(1.0, "L2 bound of each update (clip)", gt=0)
+    cc_tau: float = _f(0.1, "radius τ of centered clipping", gt=0)
+    cc_iterations: int = _f(1, "iterations of centered clipping", ge=1)
+    gm_nu: float = _f(0.1, "smoothing ν of the geometric median (Weiszfeld)", gt=0)
+    gm_iterations: int = _f(3, "Weiszfeld iterations of the geometric median", ge=1)
+    bucket_size: int = _f(2, "updates averaged per bucket (bucketing)", ge=1)
+
+
+@dataclass
+class TrustConfig:
+    """``strategy.trust``: per-client trust scores with soft quarantine."""
+
+    enabled: bool = _f(False, "score clients and scale their weights by trust")
+    smoothing: float = _f(0.5, "λ of T <- λ·T + (1 - λ)·score", ge=0, lt=1)
+    quarantine_below: float = _f(0.2, "a client whose trust falls below this is quarantined", ge=0, le=1)
+    recover_above: float = _f(0.4, "a quarantined client is released once its trust reaches this", ge=0, le=1)
+    window: int = _f(10, "recent accepted updates forming the reference of FedAsync", ge=1)
+
+
+@dataclass
+class FilterConfig:
+    """``strategy.filter``: per-update checks before an update is merged."""
+
+    norm_bound: float | None = _f(
+        None, "reject updates with ‖Δ‖ > κ · median of recent accepted norms (κ; none: off)", gt=0, optional=True
+    )
+    norm_window: int = _f(20, "recent accepted updates the norm bound looks at", ge=1)
+    validation_tolerance: float | None = _f(
+        None,
+        "reject an update that raises the server validation loss by more than ε (none: off; needs data.server_val_size)",
+        ge=0,
+        optional=True,
+    )
+
+
+@dataclass
 class StrategyConfig:
     """``strategy``: how updates are merged."""
 
@@ -156,8 +199,15 @@ class StrategyConfig:
     weight_by_examples: bool = _f(False, "multiply weights by n_i / mean(n) (fedbuff, dynamic)")
     alpha: float = _f(0.6, "mixing α of FedAsync", gt=0, le=1)
     max_staleness: int | None = _f(None, "drop updates staler than this (none: keep all)", ge=0, optional=True)
+    aggregator: str = _f(
+        "mean",
+        "buffer reducer, optionally after pre-aggregators: e.g. median, clip>nnm>trimmed_mean",
+    )
     staleness: StalenessConfig = _section(StalenessConfig)
     dynamic: DynamicConfig = _section(DynamicConfig)
+    robust: RobustConfig = _section(RobustConfig)
+    trust: TrustConfig = _section(TrustConfig)
+    filter: FilterConfig = _section(FilterConfig)
 
     def resolved_mode(self) -> str:
         """``mode`` with ``auto`` resolved."""
@@ -240,6 +290,27 @@ class CommConfig:
 
 
 @dataclass
+class AttackConfig:
+    """``attack``: Byzantine clients injected by the simulation."""
+
+    name: str = _f(
+        "none",
+        "attack",
+        choices=("none", "label_flip", "gaussian", "sign_flip", "scaling", "backdoor", "alie", "ipm"),
+    )
+    fraction: float = _f(0.2, "share of clients that are malicious (seeded choice)", ge=0, lt=1)
+    clients: str = _f("", "explicit malicious client ids, comma-separated (overrides fraction)")
+    boost: float = _f(1.0, "update multiplier (sign_flip: -boost·Δ; backdoor: boost·Δ)", gt=0)
+    scale: float = _f(10.0, "update multiplier (scaling)", gt=0)
+    sigma: float = _f(1.0, "standard deviation of the noise (gaussian)", gt=0)
+    target_label: int = _f(0, "label the trigger maps to (backdoor)", ge=0)
+    trigger_size: int = _f(2, "side of the square pixel trigger (backdoor)", ge=1)
+    poison_fraction: float = _f(0.5, "share of an attacker's examples poisoned (label_flip, backdoor)", gt=0, le=1)
+    z: float = _f(1.5, "z of μ - z·σ (alie)", ge=0)
+    epsilon: float = _f(10.0, "ε of -ε·μ (ipm)", gt=0)
+
+
+@dataclass
 class Config:  # pylint: disable=too-many-instance-attributes
     """A whole experiment."""
 
@@ -253,6 +324,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     evaluation: EvaluationConfig = _section(EvaluationConfig)
     output: OutputConfig = _section(OutputConfig)
     comm: CommConfig = _section(CommConfig)
+    attack: AttackConfig = _section(AttackConfig)
 
 
 SPEED_PARAMETERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -332,6 +404,8 @@ def _check_type(name: str, value: Any, fld: dataclasses.Field) -> tuple[Any, str
     if _is_none(value):
         if meta.get("optional"):
             return None, None
+        if "none" in meta.get("choices", ()):
+            return "none", None  # a choice named none (attack.name: none)
         return None, f"{name}: a value is required (got none)"
     if base == "bool":
         if isinstance(value, bool):
@@ -458,6 +532,74 @@ def _cross_checks(config: Config, explicit: set[str]) -> list[str]:
     if config.data.partitioner == "pathological" and config.data.classes_per_client > 10:
         problems.append("data.classes_per_client: digits has 10 classes; use 1..10")
     problems += _speed_checks(config.delay.speed, explicit)
+    problems += _robustness_checks(config)
+    problems += _attack_checks(config)
+    return problems
+
+
+def _robustness_checks(config: Config) -> list[str]:
+    """The aggregator pipeline, trust and filters fit the strategy."""
+    # pylint: disable=import-outside-toplevel
+    from .builders import build_reducer
+
+    strategy, problems = config.strategy, []
+    if strategy.name == "fedasync" and strategy.aggregator != "mean":
+        problems.append(
+            "strategy.aggregator: fedasync merges one update at a time and cannot use "
+            f"'{strategy.aggregator}'; use strategy.filter and strategy.trust, or "
+            "strategy.name: fedbuff for robust buffer reducers"
+        )
+    else:
+        try:
+            required = build_reducer(config).required_updates()
+        except ValueError as err:
+            problems.append(f"strategy.aggregator: {err}")
+        else:
+            sync = strategy.resolved_mode() == "sync"
+            size = strategy.concurrency if sync else strategy.buffer_size
+            field_name = "strategy.concurrency" if sync else "strategy.buffer_size"
+            if size < required:
+                problems.append(
+                    f"{field_name}: '{strategy.aggregator}' with strategy.robust.f = "
+                    f"{strategy.robust.f} needs at least {required} updates per "
+                    f"aggregation, got {size}"
+                )
+    filters = strategy.filter
+    if strategy.name != "fedasync" and (
+        filters.norm_bound is not None or filters.validation_tolerance is not None
+    ):
+        problems.append(
+            "strategy.filter: per-update filters apply to fedasync; fedbuff and fedavg "
+            "use strategy.aggregator (robust reducers) instead"
+        )
+    if filters.validation_tolerance is not None and config.data.server_val_size == 0:
+        problems.append(
+            "strategy.filter.validation_tolerance: needs a server validation set; "
+            "set data.server_val_size (e.g. 100)"
+        )
+    trust = strategy.trust
+    if trust.recover_above < trust.quarantine_below:
+        problems.append(
+            f"strategy.trust.recover_above: must be >= quarantine_below "
+            f"({trust.quarantine_below}), got {trust.recover_above}"
+        )
+    return problems
+
+
+def _attack_checks(config: Config) -> list[str]:
+    attack, problems = config.attack, []
+    if attack.clients.strip():
+        try:
+            ids = [int(x) for x in attack.clients.split(",") if x.strip()]
+        except ValueError:
+            return [f"attack.clients: expected comma-separated client ids, got '{attack.clients}'"]
+        bad = [i for i in ids if not 0 <= i < config.data.num_clients]
+        if bad:
+            problems.append(
+                f"attack.clients: ids {bad} are outside 0..{config.data.num_clients - 1}"
+            )
+    if attack.name == "backdoor" and attack.target_label >= 10:
+        problems.append("attack.target_label: digits has labels 0..9")
     return problems
 
 
@@ -583,9 +725,42 @@ def describe_fields() -> list[tuple[str, str, str]]:
     return rows
 
 
+def markdown_field_rows() -> str:
+    """The rows of README's field table (``| field | default | meaning |``)."""
+    return "\n".join(
+        f"| `{name}` | `{default if default else chr(34) * 2}` | {text} |"
+        for name, default, text in describe_fields()
+    )
+
+
+def toml_run_config_table(config_path: str = "configs/default.yaml") -> str:
+    """The ``[tool.flwr.app.config]`` tables of pyproject.toml, as TOML."""
+    import tomli_w  # pylint: disable=import-outside-toplevel
+
+    nested: dict[str, Any] = {"config": config_path}
+    for key, value in toml_defaults().items():
+        *parents, leaf = key.split(".")
+        table = nested
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[leaf] = value
+    return tomli_w.dumps({"tool": {"flwr": {"app": {"config": nested}}}})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Validate a config file: ``python -m fedstale.config FILE [key=value ...]``."""
     import argparse  # pylint: disable=import-outside-toplevel
+
+    if argv is None:
+        import sys  # pylint: disable=import-outside-toplevel
+
+        argv = sys.argv[1:]
+    if argv[:1] == ["--toml-table"]:  # maintainers: regenerate pyproject.toml's table
+        print(toml_run_config_table(), end="")
+        return 0
+    if argv[:1] == ["--markdown-table"]:  # maintainers: regenerate README's table
+        print(markdown_field_rows())
+        return 0
 
     parser = argparse.ArgumentParser(
         prog="python -m fedstale.config",

@@ -34,16 +34,22 @@ METRICS_COLUMNS = (
     "updates",
     "accepted",
     "dropped",
+    "rejected",
     "failures",
+    "quarantined",
     "mean_staleness",
     "accuracy",
     "loss",
+    "attack_success",
     "fed_accuracy",
     "fed_loss",
 )
 """Columns of ``metrics.csv``. ``updates`` counts every received reply
-(accepted, dropped for staleness, or failed); ``mean_staleness`` is over the
-updates accepted since the previous row; ``fed_*`` come from federated
+(accepted, dropped for staleness, rejected by quarantine or a filter, or
+failed); ``quarantined`` is the number of clients in quarantine (trust on);
+``mean_staleness`` is over the updates accepted since the previous row;
+``attack_success`` is the backdoor's success rate on the triggered test set
+(backdoor attack only); ``fed_*`` come from federated
 evaluation (empty when it is off); ``wall_time`` is seconds since the
 strategy started."""
 
@@ -66,13 +72,19 @@ CLIENT_COLUMNS = (
     "train_loss",
     "accepted",
     "reason",
+    "trust",
+    "quarantined",
+    "malicious",
 )
 """Columns of ``clients.csv``. ``node`` is the index of the SuperNode hosting
 the client (nodes ordered by ``partition-id``); ``wall_duration`` is the wall
 time from push to reply and ``fit_seconds`` the part the client spent in
 ``fit``; ``weight`` is the weight the
 strategy gave the update (FedAsync α·s(τ), FedBuff s(τ), FedAvg n_i/Σn);
-``reason`` says why an update was not accepted."""
+``reason`` says why an update was not accepted; ``trust`` is the client's
+trust the update was weighted with and ``quarantined`` whether the client is
+in quarantine after it (both empty when trust is off); ``malicious`` is the
+simulation's ground truth (empty without an attack)."""
 
 WALL_COLUMNS = ("wall_time", "wall_duration", "fit_seconds")
 """Columns that measure wall time and so differ between identical runs."""

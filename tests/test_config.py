@@ -49,20 +49,33 @@ def _write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
 # --------------------------------------------------------------------------
 
 
+STRATEGY_CONFIGS = [p for p in CONFIGS if p.stem != "robustness"]
+
+
 def test_configs_folder_has_yaml_files() -> None:
-    """The four shipped experiments are present."""
-    assert [p.name for p in CONFIGS] == ["default.yaml", "dynamic.yaml", "fedasync.yaml", "fedavg.yaml"]
+    """The shipped experiments are present."""
+    assert [p.name for p in CONFIGS] == [
+        "default.yaml", "dynamic.yaml", "fedasync.yaml", "fedavg.yaml", "robustness.yaml",
+    ]
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", STRATEGY_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path: Path) -> None:
-    """Every YAML in configs/ loads and validates; its strategy matches its name."""
+    """The strategy YAMLs load and validate; their strategy matches their name."""
     config = load_config(path)
     assert isinstance(config, Config)
     expected = {"default": "fedbuff"}.get(path.stem, path.stem)
     assert config.strategy.name == expected
     assert config.data.num_clients == 20
     assert config.strategy.concurrency == 10
+
+
+def test_robustness_config_is_a_barrier_of_all_clients() -> None:
+    """configs/robustness.yaml: 20 IID clients, all in each sync round, f = 4."""
+    config = load_config(REPO / "configs" / "robustness.yaml")
+    assert (config.strategy.name, config.strategy.resolved_mode()) == ("fedavg", "sync")
+    assert config.strategy.concurrency == config.data.num_clients == 20
+    assert config.data.partitioner == "iid" and config.strategy.robust.f == 4
 
 
 def test_shipped_config_values() -> None:
@@ -406,7 +419,8 @@ def test_cli_prints_resolved_yaml() -> None:
     assert proc.returncode == 0, proc.stderr
     printed = yaml.safe_load(proc.stdout)
     assert list(printed) == [
-        "run", "data", "model", "client", "strategy", "delay", "stop", "evaluation", "output", "comm",
+        "run", "data", "model", "client", "strategy", "delay", "stop", "evaluation", "output",
+        "comm", "attack",
     ]
     assert printed["strategy"]["name"] == "fedbuff"
     assert printed["strategy"]["concurrency"] == 4

@@ -238,5 +238,6 @@ def test_weighted_mean_zero_sum_raises(weights: list[float]) -> None:
 
 
 def test_reducer_registry() -> None:
-    """The YAML name 'mean' maps to WeightedMean."""
-    assert REDUCERS == {"mean": WeightedMean}
+    """The YAML name 'mean' maps to WeightedMean; every class under its own name."""
+    assert REDUCERS["mean"] is WeightedMean
+    assert all(cls.name == name for name, cls in REDUCERS.items())

@@ -1,5 +1,8 @@
-"""Pure functions and classes on tensors: staleness weights, reducers, codecs."""
+"""Pure functions and classes on tensors: staleness weights, reducers, trust, filters."""
 
+from .filters import NormBound, ValidationCheck
+from .pipeline import Pipeline, make_aggregator, parse_aggregator
+from .preaggregators import PREAGGREGATORS, PreAggregator
 from .reducers import REDUCERS, Reducer, WeightedMean
 from .staleness import (
     STALENESS_FUNCTIONS,
@@ -11,9 +14,11 @@ from .staleness import (
     StalenessFunction,
     make_staleness_function,
 )
+from .trust import TrustTracker, agreement_score
 from .vectors import ModelCodec, UpdateError
 
 __all__ = [
+    "PREAGGREGATORS",
     "REDUCERS",
     "STALENESS_FUNCTIONS",
     "STALENESS_PARAMETERS",
@@ -21,10 +26,17 @@ __all__ = [
     "Exponential",
     "Hinge",
     "ModelCodec",
+    "NormBound",
+    "Pipeline",
     "Polynomial",
+    "PreAggregator",
     "Reducer",
     "StalenessFunction",
+    "TrustTracker",
     "UpdateError",
+    "ValidationCheck",
     "WeightedMean",
-    "make_staleness_function",
+    "agreement_score",
+    "make_aggregator",
+    "parse_aggregator",
 ]

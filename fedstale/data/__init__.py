@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -18,31 +19,57 @@ DATASETS: dict[str, Callable[[float, int], SplitData]] = {
 
 
 @lru_cache(maxsize=4)
-def load_split(name: str, test_fraction: float, seed: int) -> SplitData:
-    """Load dataset ``name`` split into the clients' pool and the test set."""
+def load_split(name: str, test_fraction: float, seed: int, server_val_size: int = 0) -> SplitData:
+    """Load dataset ``name`` split into the clients' pool and the test set.
+
+    With ``server_val_size`` > 0, that many examples of the pool (stratified
+    when possible) become the server's validation set and leave the pool.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; accepted: {', '.join(DATASETS)}")
-    return DATASETS[name](test_fraction, seed)
+    data = DATASETS[name](test_fraction, seed)
+    if server_val_size <= 0:
+        return data
+    return _carve_validation(data, server_val_size, seed)
+
+
+def _carve_validation(data: SplitData, size: int, seed: int) -> SplitData:
+    from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
+
+    if size >= len(data.y_train):
+        raise ValueError(
+            f"data.server_val_size ({size}) must be smaller than the pool ({len(data.y_train)})"
+        )
+    stratify = data.y_train if size >= data.spec.num_classes else None
+    x_pool, x_val, y_pool, y_val = train_test_split(
+        data.x_train, data.y_train, test_size=size, random_state=seed, stratify=stratify
+    )
+    return replace(data, x_train=x_pool, y_train=y_pool, x_val=x_val, y_val=y_val)
 
 
 @lru_cache(maxsize=4)
 def _indices(
-    name: str, test_fraction: float, spec: PartitionSpec
+    name: str, test_fraction: float, spec: PartitionSpec, server_val_size: int
 ) -> tuple[np.ndarray, ...]:
-    data = load_split(name, test_fraction, spec.seed)
+    data = load_split(name, test_fraction, spec.seed, server_val_size)
     return tuple(partition_indices(data.y_train, spec))
 
 
 def load_client_data(
-    name: str, test_fraction: float, spec: PartitionSpec, client_id: int
+    name: str,
+    test_fraction: float,
+    spec: PartitionSpec,
+    client_id: int,
+    server_val_size: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (x, y) training arrays of client ``client_id`` (cached per process)."""
     if not 0 <= client_id < spec.num_partitions:
         raise ValueError(
             f"client-id {client_id} is outside 0..{spec.num_partitions - 1}"
         )
-    data = load_split(name, test_fraction, spec.seed)
-    return client_arrays(data, list(_indices(name, test_fraction, spec)), client_id)
+    data = load_split(name, test_fraction, spec.seed, server_val_size)
+    indices = list(_indices(name, test_fraction, spec, server_val_size))
+    return client_arrays(data, indices, client_id)
 
 
 __all__ = [

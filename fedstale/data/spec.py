@@ -18,10 +18,13 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class SplitData:
-    """A dataset split into the clients' pool (train) and the server's test set."""
+    """A dataset split into the clients' pool (train), the server's test set
+    and, optionally, a small server validation set taken from the pool."""
 
     spec: DatasetSpec
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None

@@ -39,7 +39,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import INFO
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -57,11 +57,15 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from ..aggregation.staleness import Polynomial, StalenessFunction
+from ..aggregation.trust import TrustTracker, agreement_score
 from ..aggregation.vectors import ModelCodec, UpdateError
 from ..progress import format_evaluation, log_line
 from ..simulation.clock import Clock, WallClock
 from .task import ClientUpdate, Task
 from .transport import Transport
+
+if TYPE_CHECKING:
+    from ..simulation.adversary import Adversary
 
 ACTION_KEY = "fedstale-action"
 """ConfigRecord key of the start-up QUERY messages (``describe``/``prepare``)."""
@@ -175,6 +179,14 @@ class AsyncStrategy(Strategy):
         Wall seconds between two pulls when nothing is ready.
     seed : int (default: 0)
         Seed of client selection and of the per-task training seeds.
+    trust : TrustTracker | None (default: None)
+        Scores clients and quarantines those below a threshold (see
+        :mod:`fedstale.aggregation.trust`); each strategy multiplies its
+        weights by the client's trust. None: every client counts fully.
+    adversary : Adversary | None (default: None)
+        Simulation only: the Byzantine clients, the attack directives in
+        their TRAIN messages and the server-side omniscient attacks (see
+        :mod:`fedstale.simulation.adversary`).
     recorder : Recorder | None (default: None)
         Receives rows for ``clients.csv``/``metrics.csv`` and model versions.
     """
@@ -200,6 +212,8 @@ class AsyncStrategy(Strategy):
         push_window: int | None = None,
         poll_interval: float = 0.005,
         seed: int = 0,
+        trust: TrustTracker | None = None,
+        adversary: Adversary | None = None,
         recorder: Recorder | None = None,
     ) -> None:
         if mode not in self.supported_modes:
@@ -224,6 +238,8 @@ class AsyncStrategy(Strategy):
         self.push_window = push_window
         self.poll_interval = poll_interval
         self.seed = seed
+        self.trust = trust
+        self.adversary = adversary
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
         self._reset_run_state()
 
@@ -282,7 +298,8 @@ class AsyncStrategy(Strategy):
                 config,
                 server_round,
                 {"task-id": task.task_id, "seed": task.seed}
-                | ({} if task.lr is None else {"lr": task.lr}),
+                | ({} if task.lr is None else {"lr": task.lr})
+                | (self.adversary.task_config(client_id) if self.adversary else {}),
             )
             messages.append(task.message)
         return messages
@@ -339,15 +356,27 @@ class AsyncStrategy(Strategy):
             if not task.arrived:
                 self._receive(task, reply)
             if task.failure is None:
-                updates.append(self._to_update(task))
+                update = self._to_update(task)
+                if self.adversary is not None:
+                    self.adversary.intercept(update)
+                updates.append(update)
             self._release(task)
         if not updates:
             return None, None
+        trust_before = {u.task.client_id: self._trust_of(u.task.client_id) for u in updates}
         new_model = self.aggregate_updates(self._model, updates)
-        self._accepted += len(updates)
         for update in updates:
-            self._since_eval.append(update.staleness)
-            self._record(update, accepted=True, reason="")
+            if update.accepted:
+                self._accepted += 1
+                self._since_eval.append(update.staleness)
+            else:
+                self._rejected += 1
+            self._record(
+                update,
+                accepted=update.accepted,
+                reason=update.reason,
+                trust=trust_before[update.task.client_id],
+            )
         metrics = self._train_metrics(updates)
         if new_model is None:
             return None, metrics
@@ -509,12 +538,17 @@ class AsyncStrategy(Strategy):
         self._updates = 0
         self._accepted = 0
         self._dropped = 0
+        self._rejected = 0
         self._failures = 0
         self._since_eval: list[int] = []
         self._last_eval_version = -1
         self._last_accuracy: float | None = None
         self._stop_reason = ""
         self._rng = np.random.default_rng([self.seed, 4])
+        if self.trust is not None:
+            self.trust.reset()
+        if self.adversary is not None:
+            self.adversary.reset()
         self._arrays = ArrayRecord()
         self._arrays_version = -1
         self._num_clients = self.num_clients or 0
@@ -771,6 +805,40 @@ class AsyncStrategy(Strategy):
         self.aggregate_train(self._version, [t.reply for t in tasks])  # type: ignore[misc]
         return self._version != before
 
+    # ------------------------------------------------------------------
+    # Trust (used by the strategies' aggregate_updates)
+    # ------------------------------------------------------------------
+
+    def _set_aside_quarantined(
+        self, updates: list[ClientUpdate]
+    ) -> tuple[list[ClientUpdate], list[ClientUpdate]]:
+        """Split updates into (merged, quarantined); the latter are rejected."""
+        if self.trust is None:
+            return list(updates), []
+        active, held = [], []
+        for update in updates:
+            client = update.task.client_id
+            if self.trust.is_quarantined(client):
+                update.reject(f"quarantined (trust {self.trust.trust(client):.3f})")
+                held.append(update)
+            else:
+                active.append(update)
+        return active, held
+
+    def _trust_weight(self, update: ClientUpdate) -> float:
+        """The client's trust (0 in quarantine; 1 when trust is off)."""
+        return 1.0 if self.trust is None else self.trust.weight(update.task.client_id)
+
+    def _score(
+        self, updates: Iterable[ClientUpdate], reference: torch.Tensor, typical_norm: float
+    ) -> None:
+        """Fold each update's agreement with ``reference`` into its client's trust."""
+        if self.trust is None:
+            return
+        for update in updates:
+            score = agreement_score(update.delta, reference, typical_norm)
+            self.trust.observe(update.task.client_id, score)
+
     def _release(self, task: Task) -> None:
         snapshot = self._snapshots.get(task.dispatch_version)
         if snapshot is not None:
@@ -801,8 +869,15 @@ class AsyncStrategy(Strategy):
         elif self.mode == "async":
             self._retry_first.append(task.client_id)
 
-    def _record(self, update: ClientUpdate, *, accepted: bool, reason: str) -> None:
-        self.recorder.on_update(self._row(update.task, update, accepted=accepted, reason=reason))
+    def _trust_of(self, client_id: int) -> float | str:
+        return "" if self.trust is None else self.trust.trust(client_id)
+
+    def _record(
+        self, update: ClientUpdate, *, accepted: bool, reason: str, trust: float | str = ""
+    ) -> None:
+        row = self._row(update.task, update, accepted=accepted, reason=reason)
+        row["trust"] = trust
+        self.recorder.on_update(row)
 
     def _row(
         self, task: Task, update: ClientUpdate | None, *, accepted: bool, reason: str
@@ -828,6 +903,9 @@ class AsyncStrategy(Strategy):
             "train_loss": train_loss,
             "accepted": accepted,
             "reason": reason,
+            "trust": self._trust_of(task.client_id),
+            "quarantined": "" if self.trust is None else self.trust.is_quarantined(task.client_id),
+            "malicious": "" if self.adversary is None else self.adversary.is_malicious(task.client_id),
         }
 
     def _train_metrics(self, updates: list[ClientUpdate]) -> MetricRecord:
@@ -861,12 +939,15 @@ class AsyncStrategy(Strategy):
             "updates": self._updates,
             "accepted": self._accepted,
             "dropped": self._dropped,
+            "rejected": self._rejected,
             "failures": self._failures,
+            "quarantined": "" if self.trust is None else len(self.trust.quarantined),
             "mean_staleness": float(np.mean(self._since_eval)) if self._since_eval else "",
             "accuracy": "",
             "loss": "",
             "fed_accuracy": "",
             "fed_loss": "",
+            "attack_success": "",
         }
         self._since_eval = []
         if self._evaluate_fn is not None:
@@ -875,6 +956,7 @@ class AsyncStrategy(Strategy):
                 self._result.evaluate_metrics_serverapp[version] = metrics
                 row["accuracy"] = metrics.get("accuracy", "")
                 row["loss"] = metrics.get("loss", "")
+                row["attack_success"] = metrics.get("attack-success", "")
                 if "accuracy" in metrics:
                     self._last_accuracy = float(metrics["accuracy"])  # type: ignore[arg-type]
         if self.num_evaluate_clients > 0:

@@ -102,8 +102,13 @@ class DynamicStaleness(FedBuff):
             weight *= ((1.0 + cosine) / 2.0) ** self.similarity_exponent
         return weight
 
-    def server_step(self, model: torch.Tensor, buffer: list[ClientUpdate]) -> torch.Tensor:
+    def server_step(
+        self,
+        model: torch.Tensor,
+        buffer: list[ClientUpdate],
+        held: list[ClientUpdate] | None = None,
+    ) -> torch.Tensor:
         """FedBuff's step; remember it as the direction g."""
-        new_model = super().server_step(model, buffer)
+        new_model = super().server_step(model, buffer, held)
         self._last_step = new_model - model
         return new_model

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import deque
 from logging import INFO
 from typing import Any
 
 import torch
 from flwr.supercore import log
 
+from ..aggregation.filters import NormBound, ValidationCheck
 from .base import AsyncStrategy
 from .task import ClientUpdate
 
@@ -17,12 +19,26 @@ class FedAsync(AsyncStrategy):
 
     On each arriving client model x_new with staleness τ:
 
-        x ← (1 − α_t)·x + α_t·x_new,   α_t = α·s(τ)
+        x ← (1 − α_t)·x + α_t·x_new,   α_t = α·s(τ)·T
+
+    where T is the client's trust (1 when trust is off).
+
+    One update at a time cannot be medianed, so robustness comes from
+    per-update checks (:mod:`fedstale.aggregation.filters`) and trust: with
+    trust on, each update's delta Δ = x_new − x_start is scored against the
+    coordinate-wise median of the last ``trust_window`` accepted deltas, and
+    quarantined clients' updates are not mixed in.
 
     Parameters
     ----------
     alpha : float (default: 0.6)
         Mixing hyperparameter α in (0, 1] (the paper uses 0.5 to 0.9).
+    norm_bound : NormBound | None (default: None)
+        Reject updates much longer than the recent accepted ones.
+    validation : ValidationCheck | None (default: None)
+        Reject updates that raise the server's validation loss (Zeno++-like).
+    trust_window : int (default: 10)
+        Accepted deltas whose median is the trust reference.
     **kwargs
         Passed to :class:`~fedstale.strategies.base.AsyncStrategy`
         (``staleness`` is s(τ); FedAsync is asynchronous only).
@@ -30,23 +46,73 @@ class FedAsync(AsyncStrategy):
 
     supported_modes = ("async",)
 
-    def __init__(self, *, alpha: float = 0.6, **kwargs: Any) -> None:
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.6,
+        norm_bound: NormBound | None = None,
+        validation: ValidationCheck | None = None,
+        trust_window: int = 10,
+        **kwargs: Any,
+    ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         super().__init__(**kwargs)
         self.alpha = alpha
+        self.norm_bound = norm_bound
+        self.validation = validation
+        self._recent: deque[torch.Tensor] = deque(maxlen=trust_window)
 
     def summary(self) -> None:
         """Log the configuration."""
         log(INFO, "\t├──> Mixing: x <- (1 - α_t) x + α_t x_new, α = %g", self.alpha)
         super().summary()
 
+    def _reset_run_state(self) -> None:
+        super()._reset_run_state()
+        if hasattr(self, "_recent"):
+            self._recent.clear()
+        if getattr(self, "norm_bound", None) is not None:
+            self.norm_bound.reset()
+
     def aggregate_updates(
         self, model: torch.Tensor, updates: list[ClientUpdate]
     ) -> torch.Tensor | None:
-        """Mix each update into the model in turn."""
+        """Mix each update into the model in turn, unless it is rejected."""
+        changed = False
         for update in updates:
-            alpha_t = self.alpha * self.staleness(update.staleness)
+            self._score_against_recent(update)
+            reason = self._screen(update)
+            if reason is not None:
+                update.reject(reason)
+                continue
+            alpha_t = self.alpha * self.staleness(update.staleness) * self._trust_weight(update)
+            proposed = torch.lerp(model, update.params, alpha_t)
+            if self.validation is not None:
+                reason = self.validation.check(model, proposed)
+                if reason is not None:
+                    update.reject(reason)
+                    continue
             update.weight = alpha_t
-            model = torch.lerp(model, update.params, alpha_t)
-        return model
+            model, changed = proposed, True
+            if self.norm_bound is not None:
+                self.norm_bound.accept(update.delta)
+            self._recent.append(update.delta)
+        return model if changed else None
+
+    def _score_against_recent(self, update: ClientUpdate) -> None:
+        """Trust score against the median of recently accepted deltas."""
+        if self.trust is None or len(self._recent) < 2:
+            return
+        recent = torch.stack(list(self._recent))
+        reference = recent.median(dim=0).values
+        self._score([update], reference, float(recent.norm(dim=1).median()))
+
+    def _screen(self, update: ClientUpdate) -> str | None:
+        """Why the update must not be mixed in (quarantine, norm), or None."""
+        if self.trust is not None and self.trust.is_quarantined(update.task.client_id):
+            return f"quarantined (trust {self.trust.trust(update.task.client_id):.3f})"
+        if self.norm_bound is not None:
+            return self.norm_bound.check(update.delta)
+        return None

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..aggregation.reducers import Reducer, WeightedMean
 from .base import AsyncStrategy
 from .task import ClientUpdate
 
@@ -14,29 +15,53 @@ class FedAvg(AsyncStrategy):
     """Federated Averaging with a barrier of ``concurrency`` clients per round.
 
     Each round samples C clients, waits for all of them on the same clock and
-    delays as the asynchronous strategies, and replaces the model by the
+    delays as the asynchronous strategies, and moves the model to the
     average of the client models weighted by their number of examples:
 
-        x ← Σ_i n_i x_i / Σ_i n_i
+        x ← x + R(Δ, n) = Σ_i n_i x_i / Σ_i n_i     (R = weighted mean)
 
     This is the same rule as Flower's ``FedAvg`` (its ``aggregate_train``),
     run on fedstale's loop so that comparisons with FedAsync and FedBuff use
-    the same clients, delays and virtual clock.
+    the same clients, delays and virtual clock. With a robust reducer R
+    (median, trimmed mean, Krum, ...) it is the synchronous robust
+    aggregation of Flower's ``FedMedian``, ``FedTrimmedAvg``, ``Krum``... on
+    the round's deltas. With trust on, n_i is multiplied by the client's
+    trust and quarantined clients are left out of the round (but scored).
+
+    Parameters
+    ----------
+    reducer : Reducer | None (default: None)
+        R; None is the weighted mean.
+    **kwargs
+        Passed to :class:`~fedstale.strategies.base.AsyncStrategy`.
     """
 
     supported_modes = ("sync",)
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, reducer: Reducer | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("mode", "sync")
         super().__init__(**kwargs)
+        self.reducer = reducer if reducer is not None else WeightedMean()
+
+    def _reset_run_state(self) -> None:
+        super()._reset_run_state()
+        if hasattr(self, "reducer"):
+            self.reducer.reset()
 
     def aggregate_updates(
         self, model: torch.Tensor, updates: list[ClientUpdate]
     ) -> torch.Tensor | None:
-        """Return the example-weighted average of the client models."""
-        sizes = torch.tensor([u.num_examples for u in updates], dtype=torch.float64)
-        weights = sizes / sizes.sum()
-        for update, weight in zip(updates, weights):
+        """x + R(Δ, n): the example-weighted average of the client models."""
+        active, held = self._set_aside_quarantined(updates)
+        if not active:
+            return None
+        sizes = torch.tensor(
+            [u.num_examples * self._trust_weight(u) for u in active], dtype=torch.float64
+        )
+        weights = sizes / sizes.sum() if sizes.sum() > 0 else torch.full_like(sizes, 1 / len(sizes))
+        for update, weight in zip(active, weights):
             update.weight = float(weight)
-        stacked = torch.stack([u.params for u in updates])
-        return weights.to(stacked.dtype) @ stacked
+        deltas = torch.stack([u.delta for u in active])
+        direction = self.reducer(deltas, weights.to(deltas.dtype))
+        self._score([*active, *held], direction, float(deltas.norm(dim=1).median()))
+        return model + direction

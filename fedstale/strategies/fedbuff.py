@@ -39,6 +39,12 @@ class FedBuff(AsyncStrategy):
     In ``sync`` mode the buffer is the whole round of ``concurrency`` clients
     (K is ignored), all with τ = 0.
 
+    With a robust reducer (median, Krum, ...) the location R(Δ, w) ignores
+    the weights (a median has no weights); staleness still scales the step
+    through Σw/K. With trust on, w_i is multiplied by the client's trust,
+    quarantined clients' updates wait outside the buffer and are scored
+    against the buffer's aggregate R at the next step, like the others.
+
     Parameters
     ----------
     buffer_size : int (default: 10)
@@ -86,6 +92,7 @@ class FedBuff(AsyncStrategy):
         self.weight_by_examples = weight_by_examples
         self.reducer = reducer if reducer is not None else WeightedMean()
         self._buffer: list[ClientUpdate] = []
+        self._held: list[ClientUpdate] = []
         self._momentum: torch.Tensor | None = None
 
     def summary(self) -> None:
@@ -104,7 +111,10 @@ class FedBuff(AsyncStrategy):
     def _reset_run_state(self) -> None:
         super()._reset_run_state()
         self._buffer = []
+        self._held = []
         self._momentum = None
+        if hasattr(self, "reducer"):
+            self.reducer.reset()
 
     def staleness_weight(self, update: ClientUpdate) -> float:
         """s(τ) of one update, computed when it is received."""
@@ -122,19 +132,30 @@ class FedBuff(AsyncStrategy):
         self, model: torch.Tensor, updates: list[ClientUpdate]
     ) -> torch.Tensor | None:
         """Buffer the updates; step once the buffer is full (or the round ends)."""
-        for update in updates:
-            update.weight = self.staleness_weight(update)
-        self._buffer.extend(updates)
+        active, held = self._set_aside_quarantined(updates)
+        for update in active:
+            update.weight = self.staleness_weight(update) * self._trust_weight(update)
+        self._buffer.extend(active)
+        self._held.extend(held)
         if self.mode == "async" and len(self._buffer) < self.buffer_size:
             return None
         buffer, self._buffer = self._buffer, []
-        return self.server_step(model, buffer)
+        held, self._held = self._held, []
+        if not buffer:
+            return None
+        return self.server_step(model, buffer, held)
 
-    def server_step(self, model: torch.Tensor, buffer: list[ClientUpdate]) -> torch.Tensor:
-        """Apply one server step from a full buffer."""
+    def server_step(
+        self,
+        model: torch.Tensor,
+        buffer: list[ClientUpdate],
+        held: list[ClientUpdate] | None = None,
+    ) -> torch.Tensor:
+        """Apply one server step from a full buffer; score buffer and held updates."""
         weights = self.weights(buffer)
         deltas = torch.stack([u.delta for u in buffer])
         direction = self.reducer(deltas, weights.to(deltas.dtype))
+        self._score([*buffer, *(held or [])], direction, float(deltas.norm(dim=1).median()))
         if self.normalization == "count":
             direction = direction * float(weights.sum() / len(buffer))
         if self.server_momentum > 0:

@@ -81,6 +81,10 @@ class ClientUpdate:
         Training examples the client used (its ``num-examples``).
     weight : float
         The weight the strategy gave it (filled by the strategy, for the log).
+    accepted : bool
+        False if the strategy left it out (quarantine, a filter).
+    reason : str
+        Why it was left out.
     """
 
     task: Task
@@ -89,6 +93,14 @@ class ClientUpdate:
     staleness: int
     num_examples: int
     weight: float = 1.0
+    accepted: bool = True
+    reason: str = ""
+
+    def reject(self, reason: str) -> None:
+        """Leave this update out of the aggregation, saying why."""
+        self.accepted = False
+        self.reason = reason
+        self.weight = 0.0
 
     @property
     def delta(self) -> torch.Tensor:

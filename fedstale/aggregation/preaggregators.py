@@ -1,0 +1,129 @@
+"""Pre-aggregators: transform a buffer before a reducer combines it.
+
+Each maps ``(updates [n, d], weights [n])`` to a new stack and weights:
+
+============== ============================================================== ======================
+YAML name      rule                                                           matches
+============== ============================================================== ======================
+``clip``       u_i ← u_i · min(1, c / ‖u_i‖)                                  byzfl ``Clipping(c)``
+``nnm``        u_i ← mean of the n − f updates nearest u_i (itself included)  byzfl ``NNM(f)``
+               (nearest-neighbour mixing, Allouah et al., 2023)
+``bucketing``  random permutation, then the mean of each bucket of s          byzfl ``Bucketing(s)``
+               consecutive updates (the last bucket may be smaller;
+               Karimireddy et al., 2022); a bucket's weight is the mean of
+               its members' weights
+============== ============================================================== ======================
+
+Compose them before a reducer in YAML: ``strategy.aggregator: clip>nnm>trimmed_mean``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from .reducers import squared_distances
+
+
+class PreAggregator(ABC):
+    """Transform a buffer of updates (and their weights)."""
+
+    name: str = ""
+
+    @abstractmethod
+    def __call__(
+        self, updates: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the transformed updates and weights."""
+
+    def required_updates(self) -> int:
+        """Fewest updates the stage accepts."""
+        return 1
+
+    def reset(self) -> None:
+        """Forget any state (a new run)."""
+
+
+class Clip(PreAggregator):
+    """Scale each update to an L2 norm of at most ``max_norm``."""
+
+    name = "clip"
+
+    def __init__(self, *, max_norm: float = 1.0) -> None:
+        if max_norm <= 0:
+            raise ValueError(f"clip: max_norm must be > 0, got {max_norm}")
+        self.max_norm = max_norm
+
+    def __call__(
+        self, updates: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """u_i · min(1, c/‖u_i‖)."""
+        norms = torch.linalg.vector_norm(updates, dim=1)
+        factors = torch.clamp(self.max_norm / norms, max=1.0)
+        return updates * factors[:, None].to(updates.dtype), weights
+
+
+class NearestNeighbourMixing(PreAggregator):
+    """Replace each update by the mean of its n − f nearest updates (itself included)."""
+
+    name = "nnm"
+
+    def __init__(self, *, f: int = 1) -> None:
+        if f < 0:
+            raise ValueError(f"nnm: f must be >= 0, got {f}")
+        self.f = f
+
+    def required_updates(self) -> int:
+        """n > f."""
+        return self.f + 1
+
+    def __call__(
+        self, updates: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row i ← mean of the n − f rows nearest row i."""
+        k = len(updates) - self.f
+        nearest = torch.topk(squared_distances(updates), k, dim=1, largest=False).indices
+        mixing = torch.zeros(len(updates), len(updates), dtype=updates.dtype)
+        mixing.scatter_(1, nearest, 1.0 / k)
+        return mixing @ updates, weights
+
+
+class Bucketing(PreAggregator):
+    """Average random buckets of ``bucket_size`` updates.
+
+    The permutation comes from a generator seeded with ``seed`` and advanced
+    at every call, so a run is reproducible.
+    """
+
+    name = "bucketing"
+
+    def __init__(self, *, bucket_size: int = 2, seed: int = 0) -> None:
+        if bucket_size < 1:
+            raise ValueError(f"bucketing: bucket_size must be >= 1, got {bucket_size}")
+        self.bucket_size = bucket_size
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def reset(self) -> None:
+        """Restart the permutation sequence."""
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(
+        self, updates: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means of consecutive buckets of a random permutation."""
+        order = torch.randperm(len(updates), generator=self._generator)
+        updates, weights = updates[order], weights[order]
+        groups = torch.arange(len(updates)) // self.bucket_size
+        count = int(groups[-1]) + 1
+        sizes = torch.bincount(groups, minlength=count).to(updates.dtype)
+        sums = torch.zeros(count, updates.shape[1], dtype=updates.dtype).index_add_(0, groups, updates)
+        weight_sums = torch.zeros(count, dtype=weights.dtype).index_add_(0, groups, weights)
+        return sums / sizes[:, None], weight_sums / sizes.to(weights.dtype)
+
+
+PREAGGREGATORS: dict[str, type[PreAggregator]] = {
+    cls.name: cls for cls in (Clip, NearestNeighbourMixing, Bucketing)
+}
+"""Registry keyed by the names used in YAML (stages before the last of ``strategy.aggregator``)."""
