@@ -91,7 +91,7 @@ class DataConfig:
 class ModelConfig:
     """``model``: the network."""
 
-    name: str = _f("cnn", "model name", choices=("cnn",))
+    name: str = _f("cnn", "model name", choices=("cnn", "mlp"))
 
 
 @dataclass
@@ -306,8 +306,8 @@ class AttackConfig:
     target_label: int = _f(0, "label the trigger maps to (backdoor)", ge=0)
     trigger_size: int = _f(2, "side of the square pixel trigger (backdoor)", ge=1)
     poison_fraction: float = _f(0.5, "share of an attacker's examples poisoned (label_flip, backdoor)", gt=0, le=1)
-    z: float = _f(1.5, "z of μ - z·σ (alie)", ge=0)
-    epsilon: float = _f(10.0, "ε of -ε·μ (ipm)", gt=0)
+    z: float = _f(1.5, "z of μ + z·σ over honest deltas (alie)", ge=0)
+    epsilon: float = _f(10.0, "ε of -ε·μ over honest deltas (ipm)", gt=0)
 
 
 @dataclass

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from fedstale.aggregation.filters import NormBound, ValidationCheck
-from fedstale.aggregation.trust import TrustTracker, agreement_score
+from fedstale.aggregation.trust import TrustTracker, agreement_score, reference_statistics
 from fedstale.simulation.adversary import Adversary, choose_malicious
 
 
 def test_agreement_score_formula():
-    """max(0, cos) · min(1, ν/‖Δ‖) on hand-computed vectors."""
+    """clip(cos / c̃, 0, 1) · min(1, ν/‖Δ‖) on hand-computed vectors (c̃ = 1 here)."""
     reference = torch.tensor([1.0, 0.0])
     assert agreement_score(torch.tensor([1.0, 1.0]), reference, 10.0) == pytest.approx(
         1 / math.sqrt(2)
@@ -24,6 +24,28 @@ def test_agreement_score_formula():
     assert agreement_score(torch.tensor([-1.0, 0.0]), reference, 1.0) == 0.0
     assert agreement_score(torch.tensor([0.0, 3.0]), reference, 1.0) == 0.0
     assert agreement_score(torch.zeros(2), reference, 1.0) == 0.0
+
+
+def test_agreement_is_relative_to_the_typical_cosine():
+    """An update as aligned as a typical one scores 1; half as aligned, 0.5."""
+    reference = torch.tensor([1.0, 0.0])
+    half = torch.tensor([0.5, math.sqrt(0.75)])  # cos 0.5, norm 1
+    assert agreement_score(half, reference, 1.0, typical_cosine=0.5) == pytest.approx(1.0)
+    assert agreement_score(half, reference, 1.0, typical_cosine=0.25) == pytest.approx(1.0)
+    quarter = torch.tensor([0.25, math.sqrt(1 - 0.0625)])
+    assert agreement_score(quarter, reference, 1.0, typical_cosine=0.5) == pytest.approx(0.5)
+    # A non-positive typical cosine is floored at 1e-3, not divided by.
+    assert agreement_score(quarter, reference, 1.0, typical_cosine=-0.2) == pytest.approx(1.0)
+
+
+def test_reference_statistics_on_hand_computed_set():
+    """r = coordinate-wise median, ν = median norm, c̃ = median cos(Δ_j, r)."""
+    deltas = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]])
+    reference, typical_norm, typical_cosine = reference_statistics(deltas)
+    assert reference.tolist() == [1.0, 1.0]
+    assert typical_norm == pytest.approx(1.0)  # norms 1, 1, 5
+    # cos to (1, 1): 1/√2, 1/√2, 7/(5√2) → median 1/√2.
+    assert typical_cosine == pytest.approx(1 / math.sqrt(2))
 
 
 def test_trust_smoothing_and_quarantine_hysteresis():

@@ -38,5 +38,6 @@ __all__ = [
     "WeightedMean",
     "agreement_score",
     "make_aggregator",
+    "make_staleness_function",
     "parse_aggregator",
 ]

@@ -1,15 +1,22 @@
 """Per-client trust scores with soft quarantine.
 
-Every update a client sends is scored against a robust reference direction r
-(FedBuff and sync: the buffer's robust aggregate; FedAsync: the coordinate-wise
-median of the recently accepted deltas):
+Every update a client sends is scored against a reference set of deltas
+(FedBuff and sync FedAvg: the updates merged in the same server step;
+FedAsync: the last ``trust.window`` accepted deltas), whatever reducer merges
+the updates (a mean would let one boosted attacker turn the reference against
+every honest client). From the reference set: r, its coordinate-wise median;
+ν, the median of its norms; c̃, the median of cos(Δ_j, r) over its members
+(how much a typical update agrees with r; floored at 1e-3). Then
 
-    score = max(0, cos(Δ, r)) · min(1, ν / ‖Δ‖)
+    score = clip(cos(Δ, r) / c̃, 0, 1) · min(1, ν / ‖Δ‖)
 
-where ν is the median norm of the reference updates. An update that points
-away from the reference scores 0 (sign flipping, noise, IPM), and one much
-longer than usual is scaled down (boosted or scaled updates, model
-replacement). The client's trust is smoothed over its updates,
+An update that points away from r scores 0 (sign flipping, IPM) and one no
+more aligned than random noise close to 0; an update as aligned as a typical
+one scores 1, whatever the data skew makes "typical" (with non-IID clients
+honest cosines are well below 1, so a raw cosine would push honest clients
+into quarantine); one much longer than usual is scaled down (boosted or
+scaled updates, model replacement). The client's trust is smoothed over its
+updates,
 
     T ← λ·T + (1 − λ)·score,    T = 1 before its first update,
 
@@ -24,14 +31,37 @@ from __future__ import annotations
 import torch
 
 
-def agreement_score(delta: torch.Tensor, reference: torch.Tensor, typical_norm: float) -> float:
-    """max(0, cos(Δ, r)) · min(1, ν / ‖Δ‖), in [0, 1]."""
+MIN_TYPICAL_COSINE = 1e-3
+"""Floor of c̃, so a reference set that barely agrees with its own median
+does not divide by ~0."""
+
+
+def cosine(delta: torch.Tensor, reference: torch.Tensor) -> float:
+    """cos(Δ, r) in float64; 0 when either is the zero vector."""
     norm = float(delta.double().norm())
     ref_norm = float(reference.double().norm())
     if norm == 0.0 or ref_norm == 0.0:
         return 0.0
-    cosine = float(delta.double() @ reference.double()) / (norm * ref_norm)
-    return max(0.0, cosine) * min(1.0, typical_norm / norm)
+    return float(delta.double() @ reference.double()) / (norm * ref_norm)
+
+
+def agreement_score(
+    delta: torch.Tensor, reference: torch.Tensor, typical_norm: float, typical_cosine: float = 1.0
+) -> float:
+    """clip(cos(Δ, r) / c̃, 0, 1) · min(1, ν / ‖Δ‖), in [0, 1]."""
+    norm = float(delta.double().norm())
+    if norm == 0.0:
+        return 0.0
+    relative = cosine(delta, reference) / max(typical_cosine, MIN_TYPICAL_COSINE)
+    return min(1.0, max(0.0, relative)) * min(1.0, typical_norm / norm)
+
+
+def reference_statistics(reference_deltas: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """(r, ν, c̃) of a reference set [m, d]: median, median norm, median cosine to r."""
+    reference = torch.quantile(reference_deltas.double(), 0.5, dim=0).to(reference_deltas.dtype)
+    typical_norm = float(reference_deltas.double().norm(dim=1).median())
+    cosines = torch.tensor([cosine(row, reference) for row in reference_deltas])
+    return reference, typical_norm, float(cosines.median())
 
 
 class TrustTracker:

@@ -40,6 +40,7 @@ from flwr.app import (
 )
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from .training import pick_device
 
@@ -106,11 +107,17 @@ def _run_client(
     return Message(content, reply_to=message)
 
 
-def build_client_app(client_fn: ClientFn) -> ClientApp:
-    """Return a ``ClientApp`` that serves ``client_fn``'s NumPyClients."""
-    app = ClientApp()
+def build_client_app(
+    client_fn: ClientFn, mods: list[Mod] | None = None, train_mods: list[Mod] | None = None
+) -> ClientApp:
+    """Return a ``ClientApp`` that serves ``client_fn``'s NumPyClients.
 
-    @app.train()
+    ``mods`` wrap every message; ``train_mods`` only TRAIN messages (Flower's
+    function-specific mods), e.g. :func:`fedstale.client.attacks.attack_mod`.
+    """
+    app = ClientApp(mods=mods)
+
+    @app.train(mods=train_mods)
     def _train(message: Message, context: Context) -> Message:
         arrays = message.content.array_records
         record = next(iter(arrays.values()))

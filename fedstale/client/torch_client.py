@@ -18,6 +18,7 @@ from flwr.app import Context
 from flwr.client import NumPyClient
 
 from ..data import PartitionSpec, load_client_data, load_split
+from ..data.backdoor import poison_examples
 from ..models import build_model
 from .training import TrainSettings, evaluate, pick_device, train
 
@@ -92,6 +93,35 @@ class TorchClient(NumPyClient):
             float(config.get("test-fraction", 0.2)),
             partition_spec_from(config, self.num_partitions),
             self.client_id,
+            int(config.get("server-val-size", 0)),
+        )
+
+    def _training_data(self, config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The client's data, poisoned on a copy when an attack asked for it.
+
+        :func:`fedstale.client.attacks.attack_mod` adds the directives
+        (``poison-label-flip`` or ``poison-backdoor-*``); the poisoned
+        examples are drawn with the message ``seed``. The cached arrays are
+        never modified.
+        """
+        x, y = self._data(config)
+        if "poison-label-flip" not in config and "poison-backdoor-target" not in config:
+            return x, y
+        seed = int(config.get("seed", 0))
+        if "poison-label-flip" in config:
+            num_classes = load_split(
+                str(config.get("dataset", "digits")),
+                float(config.get("test-fraction", 0.2)),
+                int(config.get("data-seed", 0)),
+            ).spec.num_classes
+            return poison_examples(
+                x, y, float(config["poison-label-flip"]), seed,
+                flip_labels=True, num_classes=num_classes,
+            )
+        return poison_examples(
+            x, y, float(config.get("poison-backdoor-fraction", 1.0)), seed,
+            target=int(config["poison-backdoor-target"]),
+            trigger_size=int(config.get("poison-backdoor-trigger-size", 2)),
         )
 
     def _model(self, config: Mapping[str, Any], parameters: list[np.ndarray]) -> torch.nn.Module:
@@ -118,7 +148,7 @@ class TorchClient(NumPyClient):
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         """Train locally from ``parameters``; return the new parameters."""
         set_torch_threads(int(config.get("num-threads", 1)))
-        x, y = self._data(config)
+        x, y = self._training_data(config)
         model = self._model(config, parameters)
         result = train(model, x, y, train_settings_from(config), self.device)
         params = [v.detach().cpu().numpy() for v in model.state_dict().values()]

@@ -9,9 +9,11 @@ from torch import nn
 
 from ..data.spec import DatasetSpec
 from .cnn import SmallCNN, build_cnn
+from .mlp import MLP, build_mlp
 
 MODELS: dict[str, Callable[[DatasetSpec], nn.Module]] = {
     "cnn": build_cnn,
+    "mlp": build_mlp,
 }
 """Registry keyed by ``model.name``: ``builder(dataset_spec) -> nn.Module``."""
 
@@ -25,4 +27,4 @@ def build_model(name: str, spec: DatasetSpec, seed: int = 0) -> nn.Module:
         return MODELS[name](spec)
 
 
-__all__ = ["MODELS", "SmallCNN", "build_model"]
+__all__ = ["MLP", "MODELS", "SmallCNN", "build_model"]

@@ -57,7 +57,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from ..aggregation.staleness import Polynomial, StalenessFunction
-from ..aggregation.trust import TrustTracker, agreement_score
+from ..aggregation.trust import TrustTracker, agreement_score, reference_statistics
 from ..aggregation.vectors import ModelCodec, UpdateError
 from ..progress import format_evaluation, log_line
 from ..simulation.clock import Clock, WallClock
@@ -829,14 +829,17 @@ class AsyncStrategy(Strategy):
         """The client's trust (0 in quarantine; 1 when trust is off)."""
         return 1.0 if self.trust is None else self.trust.weight(update.task.client_id)
 
-    def _score(
-        self, updates: Iterable[ClientUpdate], reference: torch.Tensor, typical_norm: float
-    ) -> None:
-        """Fold each update's agreement with ``reference`` into its client's trust."""
+    def _score(self, updates: Iterable[ClientUpdate], reference_deltas: torch.Tensor) -> None:
+        """Fold each update's agreement with the reference set into its client's trust.
+
+        r, ν and c̃ come from ``reference_deltas`` [m, d]
+        (:func:`fedstale.aggregation.trust.reference_statistics`).
+        """
         if self.trust is None:
             return
+        reference, typical_norm, typical_cosine = reference_statistics(reference_deltas)
         for update in updates:
-            score = agreement_score(update.delta, reference, typical_norm)
+            score = agreement_score(update.delta, reference, typical_norm, typical_cosine)
             self.trust.observe(update.task.client_id, score)
 
     def _release(self, task: Task) -> None:

@@ -105,9 +105,7 @@ class FedAsync(AsyncStrategy):
         """Trust score against the median of recently accepted deltas."""
         if self.trust is None or len(self._recent) < 2:
             return
-        recent = torch.stack(list(self._recent))
-        reference = recent.median(dim=0).values
-        self._score([update], reference, float(recent.norm(dim=1).median()))
+        self._score([update], torch.stack(list(self._recent)))
 
     def _screen(self, update: ClientUpdate) -> str | None:
         """Why the update must not be mixed in (quarantine, norm), or None."""

@@ -63,5 +63,5 @@ class FedAvg(AsyncStrategy):
             update.weight = float(weight)
         deltas = torch.stack([u.delta for u in active])
         direction = self.reducer(deltas, weights.to(deltas.dtype))
-        self._score([*active, *held], direction, float(deltas.norm(dim=1).median()))
+        self._score([*active, *held], deltas)
         return model + direction

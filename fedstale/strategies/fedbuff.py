@@ -155,7 +155,7 @@ class FedBuff(AsyncStrategy):
         weights = self.weights(buffer)
         deltas = torch.stack([u.delta for u in buffer])
         direction = self.reducer(deltas, weights.to(deltas.dtype))
-        self._score([*buffer, *(held or [])], direction, float(deltas.norm(dim=1).median()))
+        self._score([*buffer, *(held or [])], deltas)
         if self.normalization == "count":
             direction = direction * float(weights.sum() / len(buffer))
         if self.server_momentum > 0:
