@@ -28,7 +28,8 @@ Inputs are what each implementation takes: fedstale a ``[n, d]`` torch
 tensor; Flower a list of reply ``Message``s whose ArrayRecord holds the
 update as 4 arrays of d/4 values (the call a Flower ``ServerApp`` makes;
 building the messages is not timed); byzfl both a ``[n, d]`` NumPy array and
-a torch tensor (it accepts either), keeping the faster. A reducer's ratio is
+a torch tensor (it accepts either), keeping the faster, each a fresh copy per
+call (byzfl's ``Clipping`` rescales its input in place; copying is not timed). A reducer's ratio is
 **the fastest reference's time ÷ fedstale's time** (> 1: fedstale is faster),
 each the minimum of ``--repeats`` calls after one untimed warm-up call (a
 single call when one takes over 10 s). Results are checked to agree (1e-4
@@ -200,8 +201,8 @@ def _bucketing(stack: torch.Tensor, weights: torch.Tensor, repeats: int) -> tupl
 
     ours, _ = _timed(lambda _: Bucketing(bucket_size=BUCKET, seed=0)(stack, weights), repeats)
     reference = min(
-        _timed(lambda vectors: byzfl.Bucketing(s=BUCKET)(vectors), repeats, lambda: v)[0]
-        for v in (stack.numpy(), stack)
+        _timed(lambda vectors: byzfl.Bucketing(s=BUCKET)(vectors), repeats, prepare)[0]
+        for prepare in (stack.numpy().copy, stack.clone)
     )
     return ours, reference
 
@@ -241,7 +242,8 @@ def main() -> None:
             if ref_name.startswith("Flower"):
                 inputs = [lambda: _replies(stack_np)]
             else:
-                inputs = [lambda: stack_np, lambda: stack]
+                # byzfl's Clipping rescales its input in place: a fresh copy per call.
+                inputs = [stack_np.copy, stack.clone]
             for prepare in inputs:
                 seconds, out = _timed(call, args.repeats, prepare)
                 scale = max(1.0, float(np.abs(expected).max()))

@@ -209,3 +209,24 @@ def test_pipeline_parsing_and_parameters():
         parse_aggregator("clip")
     with pytest.raises(ValueError, match="empty stage"):
         parse_aggregator("clip>>mean")
+
+
+def test_sorted_columns_leaves_the_input_alone_and_matches_torch_sort():
+    """The CPU sort works on a copy, in blocks, and equals torch.sort."""
+    from fedstale.aggregation import reducers
+
+    for shape in [(1, 7), (6, 1), (9, reducers.SORT_CHUNK * 2 + 5)]:
+        stack = _stack(*shape, seed=1)
+        before = stack.clone()
+        ours = reducers._sorted_columns(stack)
+        assert torch.equal(stack, before)
+        assert torch.equal(ours, torch.sort(stack.t(), dim=1).values)
+
+
+def test_distances_to_over_several_blocks_matches_the_direct_norm():
+    from fedstale.aggregation import reducers
+
+    stack = _stack(5, reducers.DISTANCE_BLOCK * 2 + 3, seed=2)
+    point = stack.mean(dim=0)
+    direct = torch.linalg.vector_norm((stack - point).double(), dim=1)
+    torch.testing.assert_close(reducers.distances_to(stack, point), direct, rtol=1e-6, atol=0)

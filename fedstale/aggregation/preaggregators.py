@@ -114,13 +114,15 @@ class Bucketing(PreAggregator):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Means of consecutive buckets of a random permutation."""
         order = torch.randperm(len(updates), generator=self._generator)
-        updates, weights = updates[order], weights[order]
         groups = torch.arange(len(updates)) // self.bucket_size
         count = int(groups[-1]) + 1
-        sizes = torch.bincount(groups, minlength=count).to(updates.dtype)
-        sums = torch.zeros(count, updates.shape[1], dtype=updates.dtype).index_add_(0, groups, updates)
-        weight_sums = torch.zeros(count, dtype=weights.dtype).index_add_(0, groups, weights)
-        return sums / sizes[:, None], weight_sums / sizes.to(weights.dtype)
+        sizes = torch.bincount(groups, minlength=count)
+        # Bucket means as one [count, n] averaging matrix times the stack (a
+        # single BLAS pass instead of gathering the permuted rows).
+        averaging = torch.zeros(count, len(updates), dtype=torch.float64)
+        averaging[groups, order] = 1.0 / sizes[groups].double()
+        means = averaging.to(updates.dtype) @ updates
+        return means, averaging.to(weights.dtype) @ weights
 
 
 PREAGGREGATORS: dict[str, type[PreAggregator]] = {
