@@ -161,3 +161,38 @@ def test_bad_config_fails_with_one_clear_error(federation):
     assert expected in proc.stdout
     assert run_failed(proc) is not None  # flwr's exit status is 0 regardless
     assert not out.exists()
+
+
+def test_attacks_run_as_a_client_mod_on_the_real_path(federation):
+    """Sign flippers (×5) act through ``attack_mod`` on Ray's ClientApps; a
+    pre-aggregator pipeline given in the run config merges; by round 6 every
+    attacker is quarantined and trusted less than any honest client."""
+    fed, work = federation
+    out = work / "robust-results"
+    fed.run(
+        ROOT,
+        {
+            "config": "configs/robustness.yaml",
+            "strategy.aggregator": "clip>nnm>trimmed_mean",
+            "strategy.trust.enabled": True,
+            "attack.name": "sign_flip",
+            "attack.boost": 5.0,
+            "stop.num_updates": 6,
+            "evaluation.every": 3,
+            "run.output_dir": str(out),
+        },
+        check=True,
+    )
+    assert "aggregator: clip>nnm>trimmed_mean" in (out / "robustness" / "config.yaml").read_text()
+    clients = _rows(out / "robustness" / "clients.csv")
+    assert len(clients) == 6 * 20
+    malicious = {r["client_id"] for r in clients if r["malicious"] == "True"}
+    assert len(malicious) == 4
+    last_round = [r for r in clients if r["dispatch_version"] == "5"]
+    trust = {r["client_id"]: float(r["trust"]) for r in last_round}
+    assert max(trust[c] for c in malicious) < min(t for c, t in trust.items() if c not in malicious)
+    for row in last_round:
+        if row["client_id"] in malicious:
+            assert row["quarantined"] == "True" and row["accepted"] == "False"
+    metrics = _rows(out / "robustness" / "metrics.csv")
+    assert int(metrics[-1]["quarantined"]) >= 4
