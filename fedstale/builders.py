@@ -96,7 +96,7 @@ def build_adversary(config: Config) -> Adversary | None:
 def make_validation_loss(config: Config) -> Callable[[torch.Tensor], float]:
     """Loss of a flat model vector on the server's validation set."""
     d = config.data
-    data = load_split(d.dataset, d.test_fraction, d.seed, d.server_val_size)
+    data = load_split(d.dataset, d.test_fraction, d.seed, d.server_val_size, d.path)
     assert data.x_val is not None and data.y_val is not None
     model = build_model(config.model.name, data.spec)
     codec = ModelCodec(initial_arrays(config))
@@ -178,6 +178,8 @@ def train_config(config: Config) -> ConfigRecord:
     return ConfigRecord(
         {
             "dataset": d.dataset,
+            "data-path": d.path,
+            "augment": d.augment,
             "test-fraction": d.test_fraction,
             "data-seed": d.seed,
             "partitioner": d.partitioner,
@@ -199,7 +201,8 @@ def train_config(config: Config) -> ConfigRecord:
 
 def initial_arrays(config: Config) -> ArrayRecord:
     """The initial global model (weights from ``run.seed``)."""
-    spec = load_split(config.data.dataset, config.data.test_fraction, config.data.seed).spec
+    d = config.data
+    spec = load_split(d.dataset, d.test_fraction, d.seed, path=d.path).spec
     model = build_model(config.model.name, spec, seed=config.run.seed)
     return ArrayRecord(model.state_dict())
 
@@ -211,7 +214,8 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
     triggered test set (test images of other classes, triggered, labelled
     with the target), i.e. the share the backdoor sends to its target.
     """
-    data = load_split(config.data.dataset, config.data.test_fraction, config.data.seed)
+    d = config.data
+    data = load_split(d.dataset, d.test_fraction, d.seed, path=d.path)
     model = build_model(config.model.name, data.spec)
     device = pick_device()
     set_torch_threads(config.client.num_threads)

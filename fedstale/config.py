@@ -70,11 +70,21 @@ class RunConfig:
     output_dir: str = _f("results", "folder for results, relative to the working directory")
 
 
+def _dataset_names() -> list[str]:
+    from .data import dataset_names  # pylint: disable=import-outside-toplevel
+
+    return dataset_names()
+
+
 @dataclass
 class DataConfig:
     """``data``: dataset and how it is split among clients."""
 
-    dataset: str = _f("digits", "dataset name", choices=("digits",))
+    dataset: str = _f("digits", "dataset name", choices=_dataset_names)
+    path: str = _f(
+        "", "local copy of the dataset: a datasets.save_to_disk folder, parquet files or a torchvision root (empty: digits from scikit-learn, others from the Hugging Face hub/cache)"
+    )
+    augment: bool = _f(True, "apply the dataset's training augmentation (cifar: random crop + flip)")
     num_clients: int = _f(20, "number of clients (the simulated population)", ge=1)
     partitioner: str = _f(
         "dirichlet", "flwr-datasets partitioner", choices=("iid", "dirichlet", "pathological")
@@ -87,11 +97,17 @@ class DataConfig:
     seed: int = _f(0, "seed of the train/test split and of the partitioning", ge=0)
 
 
+def _model_names() -> list[str]:
+    from .models import MODELS  # pylint: disable=import-outside-toplevel
+
+    return list(MODELS)
+
+
 @dataclass
 class ModelConfig:
     """``model``: the network."""
 
-    name: str = _f("cnn", "model name", choices=("cnn", "mlp"))
+    name: str = _f("cnn", "model name", choices=_model_names)
 
 
 @dataclass
@@ -404,7 +420,7 @@ def _check_type(name: str, value: Any, fld: dataclasses.Field) -> tuple[Any, str
     if _is_none(value):
         if meta.get("optional"):
             return None, None
-        if "none" in meta.get("choices", ()):
+        if "none" in _choices(meta):
             return "none", None  # a choice named none (attack.name: none)
         return None, f"{name}: a value is required (got none)"
     if base == "bool":
@@ -431,11 +447,18 @@ def _check_type(name: str, value: Any, fld: dataclasses.Field) -> tuple[Any, str
     return value, None
 
 
+def _choices(meta: Any) -> tuple[str, ...]:
+    """A field's accepted values; a callable ``choices`` is asked each time
+    (datasets: :func:`fedstale.data.register_torchvision_dataset` adds names)."""
+    choices = meta.get("choices", ())
+    return tuple(choices()) if callable(choices) else tuple(choices)
+
+
 def _check_rules(name: str, value: Any, meta: Any) -> str | None:
     """Check choices and bounds."""
     if value is None:
         return None
-    choices = meta.get("choices")
+    choices = _choices(meta) if "choices" in meta else None
     if choices is not None and value not in choices:
         hint = difflib.get_close_matches(str(value), choices, n=1)
         extra = f" (did you mean '{hint[0]}'?)" if hint else ""
@@ -720,7 +743,7 @@ def describe_fields() -> list[tuple[str, str, str]]:
         shown = "none" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
         extra = ""
         if "choices" in fld.metadata:
-            extra = f" (one of: {', '.join(fld.metadata['choices'])})"
+            extra = f" (one of: {', '.join(_choices(fld.metadata))})"
         rows.append((name, shown, fld.metadata["help"] + extra))
     return rows
 

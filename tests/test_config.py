@@ -49,14 +49,38 @@ def _write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
 # --------------------------------------------------------------------------
 
 
-STRATEGY_CONFIGS = [p for p in CONFIGS if p.stem != "robustness"]
+DATASET_CONFIGS = {
+    "mnist": ("mnist", "cnn"),
+    "fashion_mnist": ("fashion_mnist", "resnet8"),
+    "cifar10": ("cifar10", "resnet20"),
+    "cifar10_squeezenet": ("cifar10", "squeezenet"),
+}
+STRATEGY_CONFIGS = [p for p in CONFIGS if p.stem not in {"robustness", *DATASET_CONFIGS}]
 
 
 def test_configs_folder_has_yaml_files() -> None:
     """The shipped experiments are present."""
     assert [p.name for p in CONFIGS] == [
-        "default.yaml", "dynamic.yaml", "fedasync.yaml", "fedavg.yaml", "robustness.yaml",
+        "cifar10.yaml", "cifar10_squeezenet.yaml", "default.yaml", "dynamic.yaml",
+        "fashion_mnist.yaml", "fedasync.yaml", "fedavg.yaml", "mnist.yaml", "robustness.yaml",
     ]
+
+
+@pytest.mark.parametrize("stem", DATASET_CONFIGS)
+def test_dataset_configs_pair_a_dataset_with_a_model_that_fits(stem: str) -> None:
+    """Each dataset config validates, and its model takes the dataset's images
+    (shape and classes from the registry; no download)."""
+    import torch
+
+    from fedstale.data import IMAGE_DATASETS
+    from fedstale.models import build_model
+
+    config = load_config(REPO / "configs" / f"{stem}.yaml")
+    assert (config.data.dataset, config.model.name) == DATASET_CONFIGS[stem]
+    spec = IMAGE_DATASETS[config.data.dataset].spec
+    model = build_model(config.model.name, spec)
+    logits = model(torch.zeros(2, *spec.input_shape))
+    assert logits.shape == (2, spec.num_classes)
 
 
 @pytest.mark.parametrize("path", STRATEGY_CONFIGS, ids=lambda p: p.name)

@@ -67,8 +67,11 @@ def test_digits_split_is_stratified(split) -> None:  # type: ignore[no-untyped-d
 
 def test_unknown_dataset() -> None:
     """An unknown dataset name raises ValueError listing the known ones."""
-    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; accepted: digits$"):
-        load_split("mnist", 0.2, 0)
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown dataset 'mnst'; accepted: digits, mnist, fashion_mnist, cifar10, cifar100$",
+    ):
+        load_split("mnst", 0.2, 0)
 
 
 # --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ worker that hosts many virtual clients loads the dataset once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -17,7 +17,8 @@ import torch
 from flwr.app import Context
 from flwr.client import NumPyClient
 
-from ..data import PartitionSpec, load_client_data, load_split
+from ..data import IMAGE_DATASETS, DatasetSpec, PartitionSpec, SplitData, load_client_data, load_split
+from ..data.augment import AUGMENTATIONS
 from ..data.backdoor import poison_examples
 from ..models import build_model
 from .training import TrainSettings, evaluate, pick_device, train
@@ -65,10 +66,27 @@ def train_settings_from(config: Mapping[str, Any]) -> TrainSettings:
     )
 
 
+def split_from(config: Mapping[str, Any]) -> SplitData:
+    """The dataset a message config names (cached per process by ``load_split``)."""
+    return load_split(
+        str(config.get("dataset", "digits")),
+        float(config.get("test-fraction", 0.2)),
+        int(config.get("data-seed", 0)),
+        path=str(config.get("data-path", "")),
+    )
+
+
 @lru_cache(maxsize=4)
-def _model_skeleton(name: str, dataset: str, test_fraction: float, seed: int) -> torch.nn.Module:
-    spec = load_split(dataset, test_fraction, seed).spec
+def _model_skeleton(name: str, spec: DatasetSpec) -> torch.nn.Module:
     return build_model(name, spec)
+
+
+def augmentation_from(config: Mapping[str, Any]) -> Callable | None:
+    """The dataset's training augmentation, unless ``augment`` is false."""
+    name = str(config.get("dataset", "digits"))
+    if not bool(config.get("augment", True)) or name not in IMAGE_DATASETS:
+        return None
+    return AUGMENTATIONS[IMAGE_DATASETS[name].augmentation]
 
 
 class TorchClient(NumPyClient):
@@ -94,6 +112,7 @@ class TorchClient(NumPyClient):
             partition_spec_from(config, self.num_partitions),
             self.client_id,
             int(config.get("server-val-size", 0)),
+            str(config.get("data-path", "")),
         )
 
     def _training_data(self, config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,11 +128,7 @@ class TorchClient(NumPyClient):
             return x, y
         seed = int(config.get("seed", 0))
         if "poison-label-flip" in config:
-            num_classes = load_split(
-                str(config.get("dataset", "digits")),
-                float(config.get("test-fraction", 0.2)),
-                int(config.get("data-seed", 0)),
-            ).spec.num_classes
+            num_classes = split_from(config).spec.num_classes
             return poison_examples(
                 x, y, float(config["poison-label-flip"]), seed,
                 flip_labels=True, num_classes=num_classes,
@@ -125,12 +140,7 @@ class TorchClient(NumPyClient):
         )
 
     def _model(self, config: Mapping[str, Any], parameters: list[np.ndarray]) -> torch.nn.Module:
-        model = _model_skeleton(
-            str(config.get("model", "cnn")),
-            str(config.get("dataset", "digits")),
-            float(config.get("test-fraction", 0.2)),
-            int(config.get("data-seed", 0)),
-        )
+        model = _model_skeleton(str(config.get("model", "cnn")), split_from(config).spec)
         keys = list(model.state_dict().keys())
         model.load_state_dict(
             {k: torch.from_numpy(np.copy(v)) for k, v in zip(keys, parameters)}, strict=True
@@ -150,7 +160,9 @@ class TorchClient(NumPyClient):
         set_torch_threads(int(config.get("num-threads", 1)))
         x, y = self._training_data(config)
         model = self._model(config, parameters)
-        result = train(model, x, y, train_settings_from(config), self.device)
+        result = train(
+            model, x, y, train_settings_from(config), self.device, augmentation_from(config)
+        )
         params = [v.detach().cpu().numpy() for v in model.state_dict().values()]
         return (
             params,

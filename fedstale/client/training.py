@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +45,13 @@ def train(
     y: np.ndarray,
     settings: TrainSettings,
     device: torch.device,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> TrainResult:
     """SGD over (x, y) for ``settings.epochs`` epochs, with early stopping.
 
-    Mini-batch order comes from a generator seeded with ``settings.seed``, so
-    the same seed and data give the same model.
+    Mini-batch order (and ``augment``'s draws, applied to each batch) come
+    from a generator seeded with ``settings.seed``, so the same seed and data
+    give the same model.
     """
     model.to(device).train()
     optimizer = torch.optim.SGD(
@@ -67,7 +71,8 @@ def train(
         for start in range(0, len(order), settings.batch_size):
             batch = order[start : start + settings.batch_size]
             optimizer.zero_grad()
-            loss = loss_fn(model(inputs[batch]), targets[batch])
+            batch_inputs = inputs[batch] if augment is None else augment(inputs[batch], generator)
+            loss = loss_fn(model(batch_inputs), targets[batch])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)

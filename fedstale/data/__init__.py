@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
 
 from .digits import load_digits_split
+from .images import IMAGE_DATASETS, load_image_split, register_torchvision_dataset
 from .partition import PARTITIONERS, PartitionSpec, client_arrays, partition_indices
 from .spec import DatasetSpec, SplitData
 
-DATASETS: dict[str, Callable[[float, int], SplitData]] = {
-    "digits": load_digits_split,
-}
-"""Registry keyed by ``data.dataset``: ``loader(test_fraction, seed)``."""
+
+def _digits(test_fraction: float, seed: int, path: str) -> SplitData:
+    if path:
+        raise ValueError("data.path: digits ship with scikit-learn; leave data.path empty")
+    return load_digits_split(test_fraction, seed)
+
+
+def dataset_names() -> list[str]:
+    """Every accepted ``data.dataset``: ``digits``, then the image datasets
+    (including those added with :func:`register_torchvision_dataset`)."""
+    return ["digits", *IMAGE_DATASETS]
 
 
 @lru_cache(maxsize=4)
-def load_split(name: str, test_fraction: float, seed: int, server_val_size: int = 0) -> SplitData:
+def load_split(
+    name: str, test_fraction: float, seed: int, server_val_size: int = 0, path: str = ""
+) -> SplitData:
     """Load dataset ``name`` split into the clients' pool and the test set.
 
+    ``path`` is ``data.path`` (a local copy; see :mod:`fedstale.data.images`).
     With ``server_val_size`` > 0, that many examples of the pool (stratified
     when possible) become the server's validation set and leave the pool.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset '{name}'; accepted: {', '.join(DATASETS)}")
-    data = DATASETS[name](test_fraction, seed)
+    if name not in dataset_names():
+        raise ValueError(f"unknown dataset '{name}'; accepted: {', '.join(dataset_names())}")
+    data = _digits(test_fraction, seed, path) if name == "digits" else load_image_split(name, path)
     if server_val_size <= 0:
         return data
     return _carve_validation(data, server_val_size, seed)
@@ -49,9 +59,9 @@ def _carve_validation(data: SplitData, size: int, seed: int) -> SplitData:
 
 @lru_cache(maxsize=4)
 def _indices(
-    name: str, test_fraction: float, spec: PartitionSpec, server_val_size: int
+    name: str, test_fraction: float, spec: PartitionSpec, server_val_size: int, path: str = ""
 ) -> tuple[np.ndarray, ...]:
-    data = load_split(name, test_fraction, spec.seed, server_val_size)
+    data = load_split(name, test_fraction, spec.seed, server_val_size, path)
     return tuple(partition_indices(data.y_train, spec))
 
 
@@ -61,19 +71,22 @@ def load_client_data(
     spec: PartitionSpec,
     client_id: int,
     server_val_size: int = 0,
+    path: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (x, y) training arrays of client ``client_id`` (cached per process)."""
     if not 0 <= client_id < spec.num_partitions:
         raise ValueError(
             f"client-id {client_id} is outside 0..{spec.num_partitions - 1}"
         )
-    data = load_split(name, test_fraction, spec.seed, server_val_size)
-    indices = list(_indices(name, test_fraction, spec, server_val_size))
+    data = load_split(name, test_fraction, spec.seed, server_val_size, path)
+    indices = list(_indices(name, test_fraction, spec, server_val_size, path))
     return client_arrays(data, indices, client_id)
 
 
 __all__ = [
-    "DATASETS",
+    "IMAGE_DATASETS",
+    "dataset_names",
+    "register_torchvision_dataset",
     "PARTITIONERS",
     "DatasetSpec",
     "PartitionSpec",

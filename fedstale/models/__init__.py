@@ -10,10 +10,16 @@ from torch import nn
 from ..data.spec import DatasetSpec
 from .cnn import SmallCNN, build_cnn
 from .mlp import MLP, build_mlp
+from .resnet import CifarResNet, build_resnet8, build_resnet18, build_resnet20
+from .squeezenet import build_squeezenet
 
 MODELS: dict[str, Callable[[DatasetSpec], nn.Module]] = {
     "cnn": build_cnn,
     "mlp": build_mlp,
+    "resnet8": build_resnet8,
+    "resnet20": build_resnet20,
+    "resnet18": build_resnet18,
+    "squeezenet": build_squeezenet,
 }
 """Registry keyed by ``model.name``: ``builder(dataset_spec) -> nn.Module``."""
 
@@ -27,4 +33,16 @@ def build_model(name: str, spec: DatasetSpec, seed: int = 0) -> nn.Module:
         return MODELS[name](spec)
 
 
-__all__ = ["MLP", "MODELS", "SmallCNN", "build_model"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "CifarResNet",
+    "SmallCNN",
+    "build_cnn",
+    "build_mlp",
+    "build_model",
+    "build_resnet8",
+    "build_resnet18",
+    "build_resnet20",
+    "build_squeezenet",
+]

@@ -1,0 +1,120 @@
+"""Size and local-update cost of every model in fedstale's registry.
+
+What is measured
+----------------
+For each model of :data:`fedstale.models.MODELS` on its natural input shapes
+(``cnn``, ``mlp`` and the ResNets on MNIST-like (1, 28, 28); ``resnet8``,
+``resnet20``, ``resnet18`` and ``squeezenet`` also on CIFAR-like (3, 32, 32);
+10 classes):
+
+- **parameters**: ``sum(p.numel() for p in model.parameters())``;
+- **bytes/update**: what one update weighs on the wire. ``float32 bytes`` is
+  parameters × 4 (the models have no buffers, so the ``state_dict`` is the
+  parameters); ``ArrayRecord bytes`` is
+  ``flwr.app.ArrayRecord(model.state_dict()).count_bytes()``, the record
+  fedstale's ClientApp sends back, which adds a little per-tensor metadata;
+- **s/update**: CPU wall time of one local update, i.e. one epoch of
+  :func:`fedstale.client.training.train` (the loop the ClientApp runs) over
+  ``--examples`` random examples of that shape (standard normal inputs,
+  uniform labels) with batch size 32, SGD lr 0.01, momentum 0.9,
+  cross-entropy, on ``--threads`` torch threads. Each update starts from a
+  fresh copy of the same initial model (copying is not timed); the median of
+  ``--repeats`` timed updates after one untimed warm-up update is printed.
+
+The last line names the slowest local update.
+
+Run: ``python simulations/bench_models.py [--examples 500 --threads 1]``
+(a few minutes at the defaults on one thread, dominated by resnet18).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from fedstale.client.training import TrainSettings, train
+from fedstale.data.spec import DatasetSpec
+from fedstale.models import MODELS, build_model
+
+MNIST = (1, 28, 28)
+CIFAR = (3, 32, 32)
+NATURAL_SHAPES: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "cnn": (MNIST,),
+    "mlp": (MNIST,),
+    "resnet8": (MNIST, CIFAR),
+    "resnet20": (MNIST, CIFAR),
+    "resnet18": (MNIST, CIFAR),
+    "squeezenet": (CIFAR,),
+}
+"""Shapes each model is measured on; a model missing here gets both."""
+
+NUM_CLASSES = 10
+SETTINGS = TrainSettings(epochs=1, batch_size=32, lr=0.01, momentum=0.9)
+
+
+def time_update(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, repeats: int) -> float:
+    """Median seconds of one local epoch over (x, y), after one warm-up epoch."""
+    device = torch.device("cpu")
+    times = []
+    for run in range(repeats + 1):
+        fresh = copy.deepcopy(model)
+        start = time.perf_counter()
+        train(fresh, x, y, SETTINGS, device)
+        if run > 0:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--examples", type=int, default=500, help="examples per local epoch")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--repeats", type=int, default=3, help="timed updates (median is printed)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+
+    print(
+        f"one local update = 1 epoch over {args.examples} random examples, batch "
+        f"{SETTINGS.batch_size}, SGD lr {SETTINGS.lr} momentum {SETTINGS.momentum}; "
+        f"{args.threads} torch thread(s), median of {args.repeats} after a warm-up"
+    )
+    header = (
+        f"{'model':<12}{'input':<14}{'parameters':>12}{'float32 bytes':>15}"
+        f"{'ArrayRecord bytes':>19}{'s/update':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    slowest: tuple[float, str, tuple[int, ...]] | None = None
+    for name in MODELS:
+        for shape in NATURAL_SHAPES.get(name, (MNIST, CIFAR)):
+            spec = DatasetSpec(name="bench", input_shape=shape, num_classes=NUM_CLASSES)
+            model = build_model(name, spec, seed=args.seed)
+            params = sum(p.numel() for p in model.parameters())
+            record_bytes = ArrayRecord(model.state_dict()).count_bytes()
+            x = rng.standard_normal((args.examples, *shape), dtype=np.float32)
+            y = rng.integers(0, NUM_CLASSES, args.examples, dtype=np.int64)
+            seconds = time_update(model, x, y, args.repeats)
+            print(
+                f"{name:<12}{str(shape):<14}{params:>12,}{params * 4:>15,}"
+                f"{record_bytes:>19,}{seconds:>10.3f}"
+            )
+            if slowest is None or seconds > slowest[0]:
+                slowest = (seconds, name, shape)
+    if slowest is not None:
+        seconds, name, shape = slowest
+        print(
+            f"slowest local update: {name} on {shape}: {seconds:.2f} s per "
+            f"{args.examples} examples ({args.threads} thread(s))"
+        )
+
+
+if __name__ == "__main__":
+    main()
