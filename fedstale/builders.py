@@ -192,6 +192,7 @@ def train_config(config: Config) -> ConfigRecord:
             "lr": c.lr,
             "momentum": c.momentum,
             "weight-decay": c.weight_decay,
+            "optimizer": c.optimizer,
             "patience": c.patience,
             "num-threads": c.num_threads,
             "server-val-size": d.server_val_size,

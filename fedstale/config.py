@@ -116,9 +116,10 @@ class ClientConfig:
 
     local_epochs: int = _f(1, "local epochs per update", ge=1)
     batch_size: int = _f(16, "mini-batch size", ge=1)
+    optimizer: str = _f("sgd", "local optimizer (a fresh one per update)", choices=("sgd", "adamw"))
     lr: float = _f(0.05, "learning rate γ0", gt=0)
     momentum: float = _f(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = _f(0.0, "SGD weight decay", ge=0)
+    weight_decay: float = _f(0.0, "weight decay (SGD's L2 term; AdamW's decoupled decay)", ge=0)
     lr_delay_alpha: float = _f(
         0.0, "α_lr of lr = γ0/(1 + α_lr·τ_last), τ_last the client's last staleness", ge=0
     )
@@ -557,7 +558,25 @@ def _cross_checks(config: Config, explicit: set[str]) -> list[str]:
     problems += _speed_checks(config.delay.speed, explicit)
     problems += _robustness_checks(config)
     problems += _attack_checks(config)
+    problems += _data_model_checks(config)
     return problems
+
+
+TEXT_MODELS = ("bert_lora",)
+"""Models that take token ids (``data.dataset: text``); every other takes images."""
+
+
+def _data_model_checks(config: Config) -> list[str]:
+    """Text goes with a text model, images with an image model."""
+    text_data = config.data.dataset == "text"
+    text_model = config.model.name in TEXT_MODELS
+    if text_data and not text_model:
+        return [f"model.name: data.dataset text needs a text model ({', '.join(TEXT_MODELS)})"]
+    if text_model and not text_data:
+        return [f"model.name: '{config.model.name}' takes token ids; set data.dataset: text"]
+    if text_data and config.attack.name == "backdoor":
+        return ["attack.name: 'backdoor' stamps a pixel trigger on images; not available for text"]
+    return []
 
 
 def _robustness_checks(config: Config) -> list[str]:

@@ -7,7 +7,9 @@ For each model of :data:`fedstale.models.MODELS` on its natural input shapes
 ``resnet20``, ``resnet18`` and ``squeezenet`` also on CIFAR-like (3, 32, 32);
 10 classes):
 
-- **parameters**: ``sum(p.numel() for p in model.parameters())``;
+- **parameters**: the values in the model's ``state_dict``, i.e. what one
+  update carries (every parameter; for ``bert_lora`` only its LoRA adapters
+  and head, measured on random token ids of length 32);
 - **bytes/update**: what one update weighs on the wire. ``float32 bytes`` is
   parameters × 4 (the models have no buffers, so the ``state_dict`` is the
   parameters); ``ArrayRecord bytes`` is
@@ -40,6 +42,7 @@ from flwr.app import ArrayRecord
 
 from fedstale.client.training import TrainSettings, train
 from fedstale.data.spec import DatasetSpec
+from fedstale.data.text import MAX_LENGTH, VOCAB_SIZE
 from fedstale.models import MODELS, build_model
 
 MNIST = (1, 28, 28)
@@ -51,6 +54,7 @@ NATURAL_SHAPES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "resnet20": (MNIST, CIFAR),
     "resnet18": (MNIST, CIFAR),
     "squeezenet": (CIFAR,),
+    "bert_lora": ((MAX_LENGTH,),),
 }
 """Shapes each model is measured on; a model missing here gets both."""
 
@@ -97,9 +101,13 @@ def main() -> None:
         for shape in NATURAL_SHAPES.get(name, (MNIST, CIFAR)):
             spec = DatasetSpec(name="bench", input_shape=shape, num_classes=NUM_CLASSES)
             model = build_model(name, spec, seed=args.seed)
-            params = sum(p.numel() for p in model.parameters())
+            # What travels: the state_dict (all parameters; bert_lora: its adapters).
+            params = sum(v.numel() for v in model.state_dict().values())
             record_bytes = ArrayRecord(model.state_dict()).count_bytes()
-            x = rng.standard_normal((args.examples, *shape), dtype=np.float32)
+            if len(shape) == 1:  # token ids
+                x = rng.integers(1, VOCAB_SIZE, (args.examples, *shape), dtype=np.int64)
+            else:
+                x = rng.standard_normal((args.examples, *shape), dtype=np.float32)
             y = rng.integers(0, NUM_CLASSES, args.examples, dtype=np.int64)
             seconds = time_update(model, x, y, args.repeats)
             print(

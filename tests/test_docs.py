@@ -32,10 +32,10 @@ def test_readme_names_every_output_column_and_strategy():
 
 
 def test_readme_commands_name_existing_configs_and_scripts():
-    for path in set(re.findall(r"configs/[a-z_]+\.yaml", README)):
+    for path in set(re.findall(r"configs/[a-z0-9_]+\.yaml", README)):
         assert (ROOT / path).is_file(), path
     for path in set(re.findall(r"simulations/[a-z_]+\.py", README)):
         assert (ROOT / path).is_file(), path
     assert {p.name for p in CONFIGS.glob("*.yaml")} <= set(
-        re.findall(r"configs/([a-z_]+\.yaml)", README)
+        re.findall(r"configs/([a-z0-9_]+\.yaml)", README)
     )

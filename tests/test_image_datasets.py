@@ -21,7 +21,7 @@ import torch
 from fedstale.data import load_split
 from fedstale.data.augment import crop_flip
 from fedstale.data.images import IMAGE_DATASETS
-from tests.helpers import config, run
+from tests.helpers import CONFIGS, config, run
 
 TRAIN, TEST = 200, 60
 
@@ -190,3 +190,26 @@ def test_an_image_dataset_trains_from_a_local_copy(tmp_path):
     assert recorder.evaluations[0]["accuracy"] < 0.3
     assert recorder.evaluations[-1]["accuracy"] >= 0.9
 
+
+
+def test_any_torchvision_dataset_through_the_adapter(tmp_path, monkeypatch):
+    """KMNIST is not built in: registered with its torchvision class, it is
+    read from the torchvision layout and accepted by the config."""
+    from fedstale.config import load_config
+    from fedstale.data import dataset_names, register_torchvision_dataset
+    from fedstale.data import images
+
+    monkeypatch.setattr(images, "IMAGE_DATASETS", dict(images.IMAGE_DATASETS))
+    monkeypatch.setattr("fedstale.data.IMAGE_DATASETS", images.IMAGE_DATASETS)
+    register_torchvision_dataset("kmnist", "KMNIST", (1, 28, 28), 10, (0.19,), (0.35,))
+    assert "kmnist" in dataset_names()
+    raw = tmp_path / "KMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count, seed in (("train", TRAIN, 0), ("t10k", TEST, 1)):
+        images_, labels = _images(count, (1, 28, 28), seed)
+        _idx(raw / f"{prefix}-images-idx3-ubyte", images_)
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    data = images.load_image_split("kmnist", str(tmp_path))
+    assert data.x_train.shape == (TRAIN, 1, 28, 28) and data.spec.num_classes == 10
+    cfg = load_config(CONFIGS / "default.yaml", {"data.dataset": "kmnist", "data.path": str(tmp_path)})
+    assert cfg.data.dataset == "kmnist"

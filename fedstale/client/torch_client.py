@@ -61,6 +61,7 @@ def train_settings_from(config: Mapping[str, Any]) -> TrainSettings:
         lr=float(config.get("lr", 0.05)),
         momentum=float(config.get("momentum", 0.0)),
         weight_decay=float(config.get("weight-decay", 0.0)),
+        optimizer=str(config.get("optimizer", "sgd")),
         patience=int(config.get("patience", 0)),
         seed=int(config.get("seed", 0)),
     )

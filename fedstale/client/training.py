@@ -25,6 +25,8 @@ class TrainSettings:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    """``sgd`` (with ``momentum``) or ``adamw`` (``momentum`` unused)."""
     patience: int = 0
     """Stop after this many epochs without a lower epoch loss (0 = never)."""
     seed: int = 0
@@ -37,6 +39,19 @@ class TrainResult:
     epochs_run: int
     train_loss: float
     """Mean loss of the last epoch run."""
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """A fresh optimizer over the trainable parameters (frozen ones, e.g. a
+    LoRA base, are left out)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer != "sgd":
+        raise ValueError(f"optimizer '{settings.optimizer}': accepted sgd, adamw")
+    return torch.optim.SGD(
+        params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
 
 
 def train(
@@ -54,12 +69,7 @@ def train(
     give the same model.
     """
     model.to(device).train()
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
+    optimizer = make_optimizer(model, settings)
     generator = torch.Generator().manual_seed(settings.seed)
     inputs = torch.from_numpy(x).to(device)
     targets = torch.from_numpy(y).to(device)

@@ -11,6 +11,7 @@ from .digits import load_digits_split
 from .images import IMAGE_DATASETS, load_image_split, register_torchvision_dataset
 from .partition import PARTITIONERS, PartitionSpec, client_arrays, partition_indices
 from .spec import DatasetSpec, SplitData
+from .text import load_text_split
 
 
 def _digits(test_fraction: float, seed: int, path: str) -> SplitData:
@@ -20,9 +21,10 @@ def _digits(test_fraction: float, seed: int, path: str) -> SplitData:
 
 
 def dataset_names() -> list[str]:
-    """Every accepted ``data.dataset``: ``digits``, then the image datasets
-    (including those added with :func:`register_torchvision_dataset`)."""
-    return ["digits", *IMAGE_DATASETS]
+    """Every accepted ``data.dataset``: ``digits``, the image datasets
+    (including those added with :func:`register_torchvision_dataset`) and
+    ``text`` (:mod:`fedstale.data.text`)."""
+    return ["digits", *IMAGE_DATASETS, "text"]
 
 
 @lru_cache(maxsize=4)
@@ -37,7 +39,12 @@ def load_split(
     """
     if name not in dataset_names():
         raise ValueError(f"unknown dataset '{name}'; accepted: {', '.join(dataset_names())}")
-    data = _digits(test_fraction, seed, path) if name == "digits" else load_image_split(name, path)
+    if name == "digits":
+        data = _digits(test_fraction, seed, path)
+    elif name == "text":
+        data = load_text_split(path)
+    else:
+        data = load_image_split(name, path)
     if server_val_size <= 0:
         return data
     return _carve_validation(data, server_val_size, seed)

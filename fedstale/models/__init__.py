@@ -9,6 +9,7 @@ from torch import nn
 
 from ..data.spec import DatasetSpec
 from .cnn import SmallCNN, build_cnn
+from .lora import AdapterClassifier, build_bert_lora
 from .mlp import MLP, build_mlp
 from .resnet import CifarResNet, build_resnet8, build_resnet18, build_resnet20
 from .squeezenet import build_squeezenet
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[[DatasetSpec], nn.Module]] = {
     "resnet20": build_resnet20,
     "resnet18": build_resnet18,
     "squeezenet": build_squeezenet,
+    "bert_lora": build_bert_lora,
 }
 """Registry keyed by ``model.name``: ``builder(dataset_spec) -> nn.Module``."""
 
@@ -34,6 +36,8 @@ def build_model(name: str, spec: DatasetSpec, seed: int = 0) -> nn.Module:
 
 
 __all__ = [
+    "AdapterClassifier",
+    "build_bert_lora",
     "MLP",
     "MODELS",
     "CifarResNet",
