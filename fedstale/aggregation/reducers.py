@@ -226,7 +226,10 @@ class MultiKrum(Krum):
         """Mean of the m best-scored updates."""
         m = len(updates) - self.f if self.m is None else min(self.m, len(updates))
         best = torch.argsort(krum_scores(updates, self.f), stable=True)[:m]
-        return updates[best].mean(dim=0)
+        # The mean as one vector-matrix product (no copy of the m chosen rows).
+        selection = torch.zeros(len(updates), dtype=updates.dtype, device=updates.device)
+        selection[best] = 1.0 / m
+        return selection @ updates
 
 
 class Bulyan(Krum):
