@@ -11,8 +11,8 @@ run in process on :class:`fedstale.simulation.local_grid.LocalGrid` (the
 virtual clock makes it deterministic for a seed) and averaged over
 ``--seeds`` seeds.
 
-``--mode async`` runs the same matrix with FedBuff (C = 10, K = 10,
-robust reducers over each buffer) instead of synchronous rounds.
+``--mode async`` runs the same matrix with FedBuff (C = 10, K = 12,
+f = 2, robust reducers over each buffer) instead of synchronous rounds.
 
 Output
 ------
@@ -72,12 +72,13 @@ ASYNC_OVERRIDES = {
     "strategy.name": "fedbuff",
     "strategy.mode": "async",
     "strategy.concurrency": 10,
-    "strategy.buffer_size": 10,
+    "strategy.buffer_size": 12,
     "strategy.robust.f": 2,
     "strategy.robust.beta": 0.2,
-    "stop.num_updates": 60,
+    "stop.num_updates": 50,
 }
-"""``--mode async``: FedBuff with buffers of 10 (same number of client updates)."""
+"""``--mode async``: FedBuff, 10 clients training at once, buffers of 12
+(Bulyan with f = 2 needs 11), 50 versions: the same 600 client updates."""
 
 # Parameters of each aggregator that depend on the buffer size.
 CLIP_NORMS = {"sync": 1.0, "async": 1.0}
