@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.fmean(c[key] for c in cells[(attack, column)])
 
     lines = [
-        f"Test accuracy (%) after {'30 rounds of 20 clients' if args.mode == 'sync' else '600 updates (FedBuff, C=10, K=10)'}, "
+        f"Test accuracy (%) after {'30 rounds of 20 clients' if args.mode == 'sync' else '600 updates (FedBuff, C=10, K=12, f=2)'}, "
         f"digits, 20 IID clients of which 4 malicious, mean of {args.seeds} seed(s)",
         "",
         "| attack | " + " | ".join(columns) + " |",
