@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from .reducers import Median
 
 MIN_TYPICAL_COSINE = 1e-3
 """Floor of c̃, so a reference set that barely agrees with its own median
@@ -58,7 +59,7 @@ def agreement_score(
 
 def reference_statistics(reference_deltas: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     """(r, ν, c̃) of a reference set [m, d]: median, median norm, median cosine to r."""
-    reference = torch.quantile(reference_deltas.double(), 0.5, dim=0).to(reference_deltas.dtype)
+    reference = Median().reduce(reference_deltas, torch.ones(len(reference_deltas)))
     typical_norm = float(reference_deltas.double().norm(dim=1).median())
     cosines = torch.tensor([cosine(row, reference) for row in reference_deltas])
     return reference, typical_norm, float(cosines.median())

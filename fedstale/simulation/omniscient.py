@@ -59,9 +59,14 @@ class OmniscientAttack(ABC):
 
     name: str = ""
 
-    @abstractmethod
     def craft(self, honest: torch.Tensor) -> torch.Tensor | None:
         """The malicious delta [d] from honest deltas [n, d]; None when n = 0."""
+        _check(honest)
+        return None if len(honest) == 0 else self.formula(honest)
+
+    @abstractmethod
+    def formula(self, honest: torch.Tensor) -> torch.Tensor:
+        """The attack's delta from n ≥ 1 honest deltas."""
 
 
 class ALittleIsEnough(OmniscientAttack):
@@ -72,10 +77,9 @@ class ALittleIsEnough(OmniscientAttack):
     def __init__(self, z: float = 1.5) -> None:
         self.z = float(z)
 
-    def craft(self, honest: torch.Tensor) -> torch.Tensor | None:
-        """μ + z·σ, or None without honest deltas."""
-        _check(honest)
-        return None if len(honest) == 0 else alie(honest, self.z)
+    def formula(self, honest: torch.Tensor) -> torch.Tensor:
+        """μ + z·σ."""
+        return alie(honest, self.z)
 
 
 class InnerProductManipulation(OmniscientAttack):
@@ -86,10 +90,9 @@ class InnerProductManipulation(OmniscientAttack):
     def __init__(self, epsilon: float = 10.0) -> None:
         self.epsilon = float(epsilon)
 
-    def craft(self, honest: torch.Tensor) -> torch.Tensor | None:
-        """−ε·μ, or None without honest deltas."""
-        _check(honest)
-        return None if len(honest) == 0 else ipm(honest, self.epsilon)
+    def formula(self, honest: torch.Tensor) -> torch.Tensor:
+        """−ε·μ."""
+        return ipm(honest, self.epsilon)
 
 
 OMNISCIENT_ATTACKS: dict[str, type[OmniscientAttack]] = {
