@@ -328,6 +328,77 @@ class AttackConfig:
 
 
 @dataclass
+class LocalDpConfig:
+    """``privacy.local``: DP-SGD on every client (Opacus), sample-level privacy."""
+
+    enabled: bool = _f(False, "train every client with DP-SGD (Opacus); BatchNorm layers become GroupNorm")
+    noise_multiplier: float | None = _f(
+        1.0, "z of DP-SGD: noise std = z·max_grad_norm (none: derived from target_epsilon)", gt=0, optional=True
+    )
+    target_epsilon: float | None = _f(
+        None, "ε each client may spend over max_participations; sets z (none: use noise_multiplier)", gt=0, optional=True
+    )
+    max_participations: int = _f(
+        0, "local updates per client that target_epsilon covers; the server stops dispatching a client after them (0: unlimited)", ge=0
+    )
+    max_grad_norm: float = _f(1.0, "C, per-example gradient clipping bound", gt=0)
+    delta: float = _f(1.0e-5, "δ of the reported (ε, δ)", gt=0, lt=1)
+    accountant: str = _f("rdp", "Opacus accountant", choices=("rdp", "prv", "gdp"))
+
+
+@dataclass
+class CentralDpConfig:
+    """``privacy.central``: clipped updates, Gaussian noise on each aggregate (client-level privacy)."""
+
+    enabled: bool = _f(False, "clip every update to clipping_norm and add N(0, (z·C/K)²) to each aggregated mean")
+    noise_multiplier: float = _f(1.0, "z, noise std relative to the sensitivity C/K", gt=0)
+    clipping_norm: float = _f(1.0, "C, L2 bound of each update Δ", gt=0)
+    clipping: str = _f(
+        "server", "where updates are clipped: server, or client (Flower's fixedclipping_mod; the server re-checks)",
+        choices=("server", "client"),
+    )
+    delta: float = _f(1.0e-5, "δ of the reported (ε, δ)", gt=0, lt=1)
+    sampling: str = _f(
+        "none",
+        "accounting: none (no amplification, valid for any client selection) or poisson (assumes each aggregation samples K of data.num_clients at random)",
+        choices=("none", "poisson"),
+    )
+    allow_robust: bool = _f(False, "allow mean-calibrated noise with a non-mean strategy.aggregator (the guarantee then does not hold)")
+
+
+@dataclass
+class SecAggConfig:
+    """``privacy.secagg``: simulated secure aggregation over the FedBuff buffer."""
+
+    enabled: bool = _f(False, "clients mask their quantised updates with pairwise masks that cancel in the buffer sum")
+    dropout: str = _f(
+        "recover",
+        "a member of a buffer that fails: recover (survivors reveal the pair seeds; its masks are removed) or discard (the buffer is dropped)",
+        choices=("recover", "discard"),
+    )
+    precision_bits: int = _f(16, "fixed-point fraction bits of the quantised update (2^-bits resolution)", ge=1, le=24)
+
+
+@dataclass
+class PrivacyConfig:
+    """``privacy``: differential privacy and secure aggregation."""
+
+    local: LocalDpConfig = _section(LocalDpConfig)
+    central: CentralDpConfig = _section(CentralDpConfig)
+    secagg: SecAggConfig = _section(SecAggConfig)
+
+
+@dataclass
+class CompressionConfig:
+    """``compression``: how clients encode their updates for upload."""
+
+    method: str = _f("none", "update sparsification: none (dense) or topk", choices=("none", "topk"))
+    ratio: float = _f(0.1, "share of the coordinates top-k keeps", gt=0, le=1)
+    error_feedback: bool = _f(True, "keep what top-k/quantisation dropped per client and add it to the next update")
+    quantize: str = _f("none", "value encoding: none (float32) or int8 (one scale per update)", choices=("none", "int8"))
+
+
+@dataclass
 class Config:  # pylint: disable=too-many-instance-attributes
     """A whole experiment."""
 
@@ -342,6 +413,8 @@ class Config:  # pylint: disable=too-many-instance-attributes
     output: OutputConfig = _section(OutputConfig)
     comm: CommConfig = _section(CommConfig)
     attack: AttackConfig = _section(AttackConfig)
+    privacy: PrivacyConfig = _section(PrivacyConfig)
+    compression: CompressionConfig = _section(CompressionConfig)
 
 
 SPEED_PARAMETERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -559,6 +632,77 @@ def _cross_checks(config: Config, explicit: set[str]) -> list[str]:
     problems += _robustness_checks(config)
     problems += _attack_checks(config)
     problems += _data_model_checks(config)
+    problems += _privacy_checks(config)
+    return problems
+
+
+def _privacy_checks(config: Config) -> list[str]:
+    """DP, secure aggregation and compression fit the strategy and each other."""
+    privacy, strategy, problems = config.privacy, config.strategy, []
+    local, central, secagg = privacy.local, privacy.central, privacy.secagg
+    if local.enabled:
+        if local.target_epsilon is None and local.noise_multiplier is None:
+            problems.append(
+                "privacy.local.noise_multiplier: set it or privacy.local.target_epsilon"
+            )
+        if local.target_epsilon is not None and local.max_participations == 0:
+            problems.append(
+                "privacy.local.max_participations: target_epsilon is a budget over a "
+                "known number of local updates; set max_participations (e.g. 10)"
+            )
+    if central.enabled:
+        if strategy.aggregator != "mean" and not central.allow_robust:
+            problems.append(
+                f"privacy.central: noise z·C/K is calibrated to a mean; strategy.aggregator "
+                f"'{strategy.aggregator}' has another sensitivity. Use aggregator: mean, or "
+                "set privacy.central.allow_robust: true to accept a guarantee that does not hold"
+            )
+        if strategy.name == "fedavg":
+            problems.append(
+                "privacy.central: fedavg weights updates by examples, so one client can move "
+                "the mean by more than C/K; use strategy.name: fedbuff with mode: sync"
+            )
+        if strategy.normalization == "weight_sum" and strategy.name in ("fedbuff", "dynamic"):
+            problems.append(
+                "strategy.normalization: weight_sum divides by Σ s(τ) < K, so the sensitivity "
+                "exceeds C/K; use normalization: count with privacy.central"
+            )
+        if strategy.weight_by_examples:
+            problems.append(
+                "strategy.weight_by_examples: weights above 1 break the sensitivity C/K of "
+                "privacy.central; set it to false"
+            )
+    if secagg.enabled:
+        if strategy.name != "fedbuff":
+            problems.append(
+                "privacy.secagg: masks cancel only in a buffer sum; use strategy.name: fedbuff "
+                f"(got {strategy.name})"
+            )
+        if strategy.aggregator != "mean":
+            problems.append(
+                f"privacy.secagg: the server sees only the buffer sum, so per-update rule "
+                f"'{strategy.aggregator}' cannot run; use strategy.aggregator: mean"
+            )
+        if strategy.trust.enabled:
+            problems.append(
+                "privacy.secagg: trust scores individual updates, which secure aggregation "
+                "hides; set strategy.trust.enabled: false"
+            )
+        if strategy.weight_by_examples:
+            problems.append(
+                "privacy.secagg: masked updates cannot be weighted one by one; set "
+                "strategy.weight_by_examples: false"
+            )
+        if config.compression.method != "none" or config.compression.quantize != "none":
+            problems.append(
+                "compression: masks cancel only on dense fixed-point updates; set "
+                "compression.method: none and compression.quantize: none with privacy.secagg"
+            )
+        if config.attack.name in ("alie", "ipm"):
+            problems.append(
+                f"attack.name: '{config.attack.name}' is applied by the server to plaintext "
+                "updates, which privacy.secagg hides; use a client-side attack"
+            )
     return problems
 
 

@@ -43,6 +43,11 @@ METRICS_COLUMNS = (
     "attack_success",
     "fed_accuracy",
     "fed_loss",
+    "max_client_epsilon",
+    "central_epsilon",
+    "bytes_up",
+    "bytes_down",
+    "compression_ratio",
 )
 """Columns of ``metrics.csv``. ``updates`` counts every received reply
 (accepted, dropped for staleness, rejected by quarantine or a filter, or
@@ -51,7 +56,12 @@ failed); ``quarantined`` is the number of clients in quarantine (trust on);
 ``attack_success`` is the backdoor's success rate on the triggered test set
 (backdoor attack only); ``fed_*`` come from federated
 evaluation (empty when it is off); ``wall_time`` is seconds since the
-strategy started."""
+strategy started; ``max_client_epsilon`` is the largest DP-SGD ε any client
+has spent (``privacy.local``) and ``central_epsilon`` the server's ε over all
+noisy aggregations so far (``privacy.central``), both at the configured δ;
+``bytes_up``/``bytes_down`` are the bytes of all updates received / models
+sent so far and ``compression_ratio`` the dense size of the received updates
+divided by their bytes on the wire."""
 
 CLIENT_COLUMNS = (
     "task_id",
@@ -75,6 +85,9 @@ CLIENT_COLUMNS = (
     "trust",
     "quarantined",
     "malicious",
+    "epsilon",
+    "bytes_up",
+    "bytes_down",
 )
 """Columns of ``clients.csv``. ``node`` is the index of the SuperNode hosting
 the client (nodes ordered by ``partition-id``); ``wall_duration`` is the wall
@@ -84,7 +97,9 @@ strategy gave the update (FedAsync α·s(τ), FedBuff s(τ), FedAvg n_i/Σn);
 ``reason`` says why an update was not accepted; ``trust`` is the client's
 trust the update was weighted with and ``quarantined`` whether the client is
 in quarantine after it (both empty when trust is off); ``malicious`` is the
-simulation's ground truth (empty without an attack)."""
+simulation's ground truth (empty without an attack); ``epsilon`` is the
+client's DP-SGD ε after this update (``privacy.local``); ``bytes_up`` and
+``bytes_down`` are the bytes of this update's reply and of the model sent."""
 
 WALL_COLUMNS = ("wall_time", "wall_duration", "fit_seconds")
 """Columns that measure wall time and so differ between identical runs."""

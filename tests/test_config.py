@@ -444,7 +444,7 @@ def test_cli_prints_resolved_yaml() -> None:
     printed = yaml.safe_load(proc.stdout)
     assert list(printed) == [
         "run", "data", "model", "client", "strategy", "delay", "stop", "evaluation", "output",
-        "comm", "attack",
+        "comm", "attack", "privacy", "compression",
     ]
     assert printed["strategy"]["name"] == "fedbuff"
     assert printed["strategy"]["concurrency"] == 4

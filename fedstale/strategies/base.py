@@ -540,6 +540,10 @@ class AsyncStrategy(Strategy):
         self._dropped = 0
         self._rejected = 0
         self._failures = 0
+        self._bytes_up = 0
+        self._bytes_down = 0
+        self._dense_bytes_up = 0
+        self._max_client_epsilon: float | None = None
         self._since_eval: list[int] = []
         self._last_eval_version = -1
         self._last_accuracy: float | None = None
@@ -744,17 +748,33 @@ class AsyncStrategy(Strategy):
             metrics = _single_record(reply.content.metric_records, "MetricRecord")
             if "num-examples" not in metrics:
                 raise UpdateError("MetricRecord has no 'num-examples'")
-            task.params = self._codec.flatten(arrays)
+            task.params = self.decode_update(task, arrays)
         except UpdateError as err:
             self._fail(task, f"malformed update: {err}")
             return
         task.metrics = dict(metrics)
+        task.bytes_up = sum(len(a.data) for a in arrays.values())
         self.clock.complete(
             task,
             num_examples=int(metrics["num-examples"]),  # type: ignore[arg-type]
             epochs=float(metrics.get("epochs-run", task.epochs)),  # type: ignore[arg-type]
-            bytes_up=sum(len(a.data) for a in arrays.values()),
+            bytes_up=task.bytes_up,
         )
+
+    def decode_update(self, task: Task, arrays: ArrayRecord) -> torch.Tensor:
+        """The client's model x_local (flat) from its reply's ArrayRecord.
+
+        The default reads a dense model with the global model's layout
+        (:meth:`ModelCodec.flatten`); strategies whose clients encode their
+        updates (compression, secure aggregation) override it.
+
+        Raises
+        ------
+        UpdateError
+            If the arrays do not decode to a finite model.
+        """
+        del task
+        return self._codec.flatten(arrays)
 
     # ------------------------------------------------------------------
     # Delivering replies
@@ -775,6 +795,7 @@ class AsyncStrategy(Strategy):
         del self._inflight[task.task_id]
         self._busy.discard(task.client_id)
         self._updates += 1
+        self._count_traffic(task)
         if task.failure is not None:
             self._on_failure(task)
             return self._close_round_if_done()
@@ -785,6 +806,7 @@ class AsyncStrategy(Strategy):
             self._dropped += 1
             self._task_of_message.pop(task.message_id or "", None)
             self._release(task)
+            self.on_task_dropped(task)
             self.recorder.on_update(
                 self._row(task, None, accepted=False, reason=f"staleness > {self.max_staleness}")
             )
@@ -793,6 +815,26 @@ class AsyncStrategy(Strategy):
             self._round.append(task)
             return self._close_round_if_done()
         return self._merge([task])
+
+    def _count_traffic(self, task: Task) -> None:
+        """Add a delivered task's bytes (and its client's ε) to the run's totals."""
+        self._bytes_down += task.bytes_down
+        if task.bytes_up:
+            self._bytes_up += task.bytes_up
+            self._dense_bytes_up += self._codec.nbytes
+        epsilon = task.metrics.get("dp-epsilon")
+        if epsilon is not None:
+            self._max_client_epsilon = max(self._max_client_epsilon or 0.0, float(epsilon))
+
+    def central_epsilon(self) -> float | None:
+        """ε spent by server-side (central) DP so far; None without it."""
+        return None
+
+    def on_task_dropped(self, task: Task) -> None:
+        """A task that will not be aggregated (failed or too stale).
+
+        Strategies that group tasks (secure aggregation) override this.
+        """
 
     def _close_round_if_done(self) -> bool:
         if self.mode != "sync" or self._inflight:
@@ -857,6 +899,7 @@ class AsyncStrategy(Strategy):
         self._failures += 1
         self._task_of_message.pop(task.message_id or "", None)
         self._release(task)
+        self.on_task_dropped(task)
         self.recorder.on_update(self._row(task, None, accepted=False, reason=task.failure or ""))
         count = self._consecutive_failures.get(task.client_id, 0) + 1
         self._consecutive_failures[task.client_id] = count
@@ -909,6 +952,9 @@ class AsyncStrategy(Strategy):
             "trust": self._trust_of(task.client_id),
             "quarantined": "" if self.trust is None else self.trust.is_quarantined(task.client_id),
             "malicious": "" if self.adversary is None else self.adversary.is_malicious(task.client_id),
+            "epsilon": task.metrics.get("dp-epsilon", ""),
+            "bytes_up": task.bytes_up,
+            "bytes_down": task.bytes_down,
         }
 
     def _train_metrics(self, updates: list[ClientUpdate]) -> MetricRecord:
@@ -951,6 +997,13 @@ class AsyncStrategy(Strategy):
             "fed_accuracy": "",
             "fed_loss": "",
             "attack_success": "",
+            "max_client_epsilon": _blank(self._max_client_epsilon),
+            "central_epsilon": _blank(self.central_epsilon()),
+            "bytes_up": self._bytes_up,
+            "bytes_down": self._bytes_down,
+            "compression_ratio": (
+                self._dense_bytes_up / self._bytes_up if self._bytes_up else ""
+            ),
         }
         self._since_eval = []
         if self._evaluate_fn is not None:
@@ -1006,6 +1059,11 @@ class AsyncStrategy(Strategy):
             self._stop_reason = "every client was left out after failures"
             return True
         return False
+
+
+def _blank(value: float | None) -> float | str:
+    """A CSV cell: the value, or empty for None."""
+    return "" if value is None else value
 
 
 def _single_record(records: dict[str, Any], kind: str) -> Any:

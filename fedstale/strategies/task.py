@@ -31,9 +31,12 @@ class Task:  # pylint: disable=too-many-instance-attributes
     min_epochs: float
     """Fewest local epochs the client may run (early stopping)."""
     bytes_down: int
+    """Bytes of the model sent to the client."""
     lr: float | None
     """Learning rate sent to the client (None: the config had no ``lr``)."""
     seed: int
+    bytes_up: int = 0
+    """Bytes of the reply's arrays, once it arrived."""
     earliest_finish: float = 0.0
     """Lower bound of ``finish_time``, known at dispatch."""
     finish_time: float | None = None
