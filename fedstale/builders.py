@@ -9,8 +9,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from .aggregation.filters import NormBound, ValidationCheck
+from .aggregation.privacy import CentralGaussianMechanism
 from .aggregation.reducers import Reducer
 from .aggregation.staleness import make_staleness_function
 from .aggregation.trust import TrustTracker
@@ -93,6 +95,21 @@ def build_adversary(config: Config) -> Adversary | None:
     return Adversary(a.name, malicious, params, window=config.strategy.concurrency)
 
 
+def build_central_dp(config: Config) -> CentralGaussianMechanism | None:
+    """Server-side DP, if ``privacy.central.enabled``."""
+    c = config.privacy.central
+    if not c.enabled:
+        return None
+    return CentralGaussianMechanism(
+        noise_multiplier=c.noise_multiplier,
+        clipping_norm=c.clipping_norm,
+        population_size=config.data.num_clients,
+        delta=c.delta,
+        sampling=c.sampling,
+        seed=config.run.seed,
+    )
+
+
 def make_validation_loss(config: Config) -> Callable[[torch.Tensor], float]:
     """Loss of a flat model vector on the server's validation set."""
     d = config.data
@@ -167,6 +184,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         seed=config.run.seed,
         trust=build_trust(config),
         adversary=build_adversary(config),
+        central_dp=build_central_dp(config),
         recorder=recorder,
         **strategy_kwargs(config),
     )
@@ -197,7 +215,16 @@ def train_config(config: Config) -> ConfigRecord:
             "num-threads": c.num_threads,
             "server-val-size": d.server_val_size,
         }
+        | privacy_directives(config)
     )
+
+
+def privacy_directives(config: Config) -> dict[str, Any]:
+    """TRAIN-config keys for the client side of privacy (none when it is off)."""
+    central = config.privacy.central
+    if central.enabled and central.clipping == "client":
+        return {KEY_CLIPPING_NORM: central.clipping_norm}
+    return {}
 
 
 def initial_arrays(config: Config) -> ArrayRecord:

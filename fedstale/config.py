@@ -672,6 +672,17 @@ def _privacy_checks(config: Config) -> list[str]:
                 "strategy.weight_by_examples: weights above 1 break the sensitivity C/K of "
                 "privacy.central; set it to false"
             )
+        if strategy.trust.enabled and not central.allow_robust:
+            problems.append(
+                "strategy.trust: trust weights are computed from the clients' updates, so "
+                "they leak what privacy.central protects; disable trust or set "
+                "privacy.central.allow_robust: true"
+            )
+        if secagg.enabled and central.clipping != "client":
+            problems.append(
+                "privacy.central.clipping: with privacy.secagg the server never sees an "
+                "update to clip; use clipping: client"
+            )
     if secagg.enabled:
         if strategy.name != "fedbuff":
             problems.append(

@@ -56,6 +56,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
+from ..aggregation.privacy import CentralGaussianMechanism
 from ..aggregation.staleness import Polynomial, StalenessFunction
 from ..aggregation.trust import TrustTracker, agreement_score, reference_statistics
 from ..aggregation.vectors import ModelCodec, UpdateError
@@ -187,6 +188,10 @@ class AsyncStrategy(Strategy):
         Simulation only: the Byzantine clients, the attack directives in
         their TRAIN messages and the server-side omniscient attacks (see
         :mod:`fedstale.simulation.adversary`).
+    central_dp : CentralGaussianMechanism | None (default: None)
+        Server-side DP: each strategy clips the updates it aggregates and
+        adds noise to each aggregate (see :mod:`fedstale.aggregation.privacy`);
+        its ε is reported in ``metrics.csv``. None: no central DP.
     recorder : Recorder | None (default: None)
         Receives rows for ``clients.csv``/``metrics.csv`` and model versions.
     """
@@ -214,6 +219,7 @@ class AsyncStrategy(Strategy):
         seed: int = 0,
         trust: TrustTracker | None = None,
         adversary: Adversary | None = None,
+        central_dp: CentralGaussianMechanism | None = None,
         recorder: Recorder | None = None,
     ) -> None:
         if mode not in self.supported_modes:
@@ -240,6 +246,7 @@ class AsyncStrategy(Strategy):
         self.seed = seed
         self.trust = trust
         self.adversary = adversary
+        self.central_dp = central_dp
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
         self._reset_run_state()
 
@@ -273,6 +280,8 @@ class AsyncStrategy(Strategy):
             "\t├──> max_staleness: %s",
             "none" if self.max_staleness is None else self.max_staleness,
         )
+        if self.central_dp is not None:
+            log(INFO, "\t├──> Privacy: %s", self.central_dp.describe())
         log(INFO, "\t└──> Clock: %s", self.clock.name)
 
     # ------------------------------------------------------------------
@@ -553,6 +562,8 @@ class AsyncStrategy(Strategy):
             self.trust.reset()
         if self.adversary is not None:
             self.adversary.reset()
+        if self.central_dp is not None:
+            self.central_dp.reset()
         self._arrays = ArrayRecord()
         self._arrays_version = -1
         self._num_clients = self.num_clients or 0
@@ -828,7 +839,7 @@ class AsyncStrategy(Strategy):
 
     def central_epsilon(self) -> float | None:
         """ε spent by server-side (central) DP so far; None without it."""
-        return None
+        return None if self.central_dp is None else self.central_dp.epsilon()
 
     def on_task_dropped(self, task: Task) -> None:
         """A task that will not be aggregated (failed or too stale).

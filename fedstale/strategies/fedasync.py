@@ -29,6 +29,9 @@ class FedAsync(AsyncStrategy):
     coordinate-wise median of the last ``trust_window`` accepted deltas, and
     quarantined clients' updates are not mixed in.
 
+    With central DP (``central_dp``) each arriving x_new is first replaced by
+    x_start + clip_C(Δ) + N(0, (z·C)²): one update is an aggregate of K = 1.
+
     Parameters
     ----------
     alpha : float (default: 0.6)
@@ -82,6 +85,8 @@ class FedAsync(AsyncStrategy):
         """Mix each update into the model in turn, unless it is rejected."""
         changed = False
         for update in updates:
+            if self.central_dp is not None:
+                self._privatize(update)
             self._score_against_recent(update)
             reason = self._screen(update)
             if reason is not None:
@@ -100,6 +105,16 @@ class FedAsync(AsyncStrategy):
                 self.norm_bound.accept(update.delta)
             self._recent.append(update.delta)
         return model if changed else None
+
+    def _privatize(self, update: ClientUpdate) -> None:
+        """Replace x_new by x_start + clip_C(Δ) + N(0, (z·C)²) (central DP, K = 1).
+
+        Everything after (trust, filters, mixing with α_t) only sees the
+        noisy update, so it is post-processing of one accounted release.
+        """
+        assert self.central_dp is not None
+        clipped = self.central_dp.clip(update.delta.unsqueeze(0))[0]
+        update.params = update.base + self.central_dp.release(clipped, 1)
 
     def _score_against_recent(self, update: ClientUpdate) -> None:
         """Trust score against the median of recently accepted deltas."""

@@ -39,6 +39,11 @@ class FedBuff(AsyncStrategy):
     In ``sync`` mode the buffer is the whole round of ``concurrency`` clients
     (K is ignored), all with τ = 0.
 
+    With central DP (``central_dp``) each Δ_i is clipped to norm C before the
+    reducer and N(0, (z·C/K)²) is added to d, with K the updates in the
+    buffer; "count" normalization keeps one client's influence on d below
+    C/K (w_i ≤ 1), which the noise is calibrated to.
+
     With a robust reducer (median, Krum, ...) the location R(Δ, w) ignores
     the weights (a median has no weights); staleness still scales the step
     through Σw/K. With trust on, w_i is multiplied by the client's trust,
@@ -154,10 +159,14 @@ class FedBuff(AsyncStrategy):
         """Apply one server step from a full buffer; score buffer and held updates."""
         weights = self.weights(buffer)
         deltas = torch.stack([u.delta for u in buffer])
+        if self.central_dp is not None:
+            deltas = self.central_dp.clip(deltas)
         direction = self.reducer(deltas, weights.to(deltas.dtype))
         self._score([*buffer, *(held or [])], deltas)
         if self.normalization == "count":
             direction = direction * float(weights.sum() / len(buffer))
+        if self.central_dp is not None:
+            direction = self.central_dp.release(direction, len(buffer))
         if self.server_momentum > 0:
             if self._momentum is None:
                 self._momentum = torch.zeros_like(direction)
