@@ -25,7 +25,7 @@ from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
 from .simulation.clock import Clock, VirtualClock, WallClock
 from .simulation.delays import DelayModel, make_distribution
-from .strategies import STRATEGIES, AsyncStrategy, Recorder
+from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff
 
 
 def build_clock(config: Config) -> Clock:
@@ -151,6 +151,12 @@ def strategy_kwargs(config: Config) -> dict[str, Any]:
         "weight_by_examples": strategy.weight_by_examples,
         "reducer": build_reducer(config),
     }
+    if config.privacy.secagg.enabled:
+        kwargs.update(
+            dropout=config.privacy.secagg.dropout,
+            precision_bits=config.privacy.secagg.precision_bits,
+            secagg_seed=config.run.seed,
+        )
     if strategy.name == "dynamic":
         kwargs.update(
             ema=strategy.dynamic.ema,
@@ -166,7 +172,8 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
     staleness = make_staleness_function(
         s.staleness.name, a=s.staleness.a, b=s.staleness.b, w=s.staleness.w
     )
-    return STRATEGIES[s.name](
+    cls = SecAggFedBuff if config.privacy.secagg.enabled else STRATEGIES[s.name]
+    return cls(
         concurrency=s.concurrency,
         num_clients=config.data.num_clients,
         mode=s.resolved_mode(),

@@ -5,6 +5,7 @@ from .dynamic import DynamicStaleness
 from .fedasync import FedAsync
 from .fedavg import FedAvg
 from .fedbuff import FedBuff
+from .secagg_fedbuff import SecAggFedBuff
 from .task import ClientUpdate, Task
 
 STRATEGIES: dict[str, type[AsyncStrategy]] = {
@@ -13,7 +14,8 @@ STRATEGIES: dict[str, type[AsyncStrategy]] = {
     "fedavg": FedAvg,
     "dynamic": DynamicStaleness,
 }
-"""Registry keyed by the names used in YAML (``strategy.name``)."""
+"""Registry keyed by the names used in YAML (``strategy.name``).
+``fedbuff`` with ``privacy.secagg.enabled`` runs :class:`SecAggFedBuff`."""
 
 __all__ = [
     "STRATEGIES",
@@ -26,5 +28,6 @@ __all__ = [
     "MemoryRecorder",
     "NullRecorder",
     "Recorder",
+    "SecAggFedBuff",
     "Task",
 ]

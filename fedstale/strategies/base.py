@@ -308,10 +308,20 @@ class AsyncStrategy(Strategy):
                 server_round,
                 {"task-id": task.task_id, "seed": task.seed}
                 | ({} if task.lr is None else {"lr": task.lr})
-                | (self.adversary.task_config(client_id) if self.adversary else {}),
+                | (self.adversary.task_config(client_id) if self.adversary else {})
+                | self.task_directives(task),
             )
             messages.append(task.message)
         return messages
+
+    def task_directives(self, task: Task) -> dict[str, Any]:
+        """Extra TRAIN-config entries for one task (none by default).
+
+        Strategies whose clients need per-task instructions (secure
+        aggregation's group and slot) override this.
+        """
+        del task
+        return {}
 
     def _client_message(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,

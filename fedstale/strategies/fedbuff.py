@@ -167,6 +167,10 @@ class FedBuff(AsyncStrategy):
             direction = direction * float(weights.sum() / len(buffer))
         if self.central_dp is not None:
             direction = self.central_dp.release(direction, len(buffer))
+        return self.apply_direction(model, direction)
+
+    def apply_direction(self, model: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """m ← β·m + d, x ← x + η_g·m (x ← x + η_g·d without momentum)."""
         if self.server_momentum > 0:
             if self._momentum is None:
                 self._momentum = torch.zeros_like(direction)
