@@ -196,8 +196,26 @@ def train_config(config: Config) -> ConfigRecord:
             "patience": c.patience,
             "num-threads": c.num_threads,
             "server-val-size": d.server_val_size,
+            **compression_directives(config),
         }
     )
+
+
+def compression_directives(config: Config) -> dict[str, Any]:
+    """The ``compression*`` keys :func:`~fedstale.client.compression.compression_mod` reads.
+
+    Empty when neither ``compression.method`` nor ``compression.quantize``
+    is set, so uncompressed runs send nothing new.
+    """
+    c = config.compression
+    if c.method == "none" and c.quantize == "none":
+        return {}
+    return {
+        "compression": c.method,
+        "compression-ratio": c.ratio,
+        "compression-error-feedback": c.error_feedback,
+        "compression-quantize": c.quantize,
+    }
 
 
 def initial_arrays(config: Config) -> ArrayRecord:
