@@ -179,6 +179,8 @@ def test_without_error_feedback_nothing_is_kept():
 
 
 def test_other_messages_and_uncompressed_runs_pass_through():
+    """No directives: the dense reply; EVALUATE (the mod also wraps every message type here
+    through ``mods=``): untouched; an error reply: the same object; an unknown method: an error reply."""
     grid = LocalGrid(build_client_app(Stepper, train_mods=[compression_mod],
                                       mods=[compression_mod]), num_nodes=1)
     Stepper.returned.clear()
