@@ -221,6 +221,7 @@ def train_config(config: Config) -> ConfigRecord:
             "patience": c.patience,
             "num-threads": c.num_threads,
             "server-val-size": d.server_val_size,
+            **compression_directives(config),
         }
         | privacy_directives(config)
     )
@@ -232,6 +233,23 @@ def privacy_directives(config: Config) -> dict[str, Any]:
     if central.enabled and central.clipping == "client":
         return {KEY_CLIPPING_NORM: central.clipping_norm}
     return {}
+
+
+def compression_directives(config: Config) -> dict[str, Any]:
+    """The ``compression*`` keys :func:`~fedstale.client.compression.compression_mod` reads.
+
+    Empty when neither ``compression.method`` nor ``compression.quantize``
+    is set, so uncompressed runs send nothing new.
+    """
+    c = config.compression
+    if c.method == "none" and c.quantize == "none":
+        return {}
+    return {
+        "compression": c.method,
+        "compression-ratio": c.ratio,
+        "compression-error-feedback": c.error_feedback,
+        "compression-quantize": c.quantize,
+    }
 
 
 def initial_arrays(config: Config) -> ArrayRecord:

@@ -61,7 +61,7 @@ STRATEGY_CONFIGS = [p for p in CONFIGS if p.stem not in {"robustness", *DATASET_
 def test_configs_folder_has_yaml_files() -> None:
     """The shipped experiments are present."""
     assert [p.name for p in CONFIGS] == [
-        "cifar10.yaml", "cifar10_squeezenet.yaml", "default.yaml", "dynamic.yaml",
+        "cifar10.yaml", "cifar10_squeezenet.yaml", "compression.yaml", "default.yaml", "dynamic.yaml",
         "fashion_mnist.yaml", "fedasync.yaml", "fedavg.yaml", "mnist.yaml", "robustness.yaml",
     ]
 
@@ -88,7 +88,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
     """The strategy YAMLs load and validate; their strategy matches their name."""
     config = load_config(path)
     assert isinstance(config, Config)
-    expected = {"default": "fedbuff"}.get(path.stem, path.stem)
+    expected = {"default": "fedbuff", "compression": "fedbuff"}.get(path.stem, path.stem)
     assert config.strategy.name == expected
     assert config.data.num_clients == 20
     assert config.strategy.concurrency == 10

@@ -56,6 +56,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
+from .updates import flat_delta
+
 GAUSSIAN_STREAM = 7
 """Second word of the Gaussian attack's seed, ``default_rng([seed, 7])``, so
 its noise does not share a stream with other uses of the task seed."""
@@ -171,15 +173,8 @@ def poison_arrays(attack: ClientAttack, sent: ArrayRecord, returned: ArrayRecord
     floats = [key for key, value in new.items() if np.issubdtype(value.dtype, np.floating)]
     if not floats:
         return returned
+    delta = flat_delta(sent, returned, floats)
     base = {key: sent[key].numpy() for key in floats}
-    for key in floats:
-        if base[key].shape != new[key].shape:
-            raise ValueError(
-                f"array '{key}': sent {base[key].shape}, returned {new[key].shape}"
-            )
-    delta = np.concatenate(
-        [(new[k].astype(np.float64) - base[k].astype(np.float64)).ravel() for k in floats]
-    )
     poisoned = np.asarray(attack.poison_update(delta), dtype=np.float64)
     offset = 0
     for key in floats:

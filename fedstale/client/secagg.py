@@ -15,24 +15,11 @@ raises, which the ClientApp turns into an error reply (a dropped member).
 
 from __future__ import annotations
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from ..aggregation.secagg import MASKED_KEY, mask_update
-
-
-def flat_delta(sent: ArrayRecord, returned: ArrayRecord) -> np.ndarray:
-    """x_returned − x_sent over every array, flattened in record order (float64)."""
-    if list(sent.keys()) != list(returned.keys()):
-        raise ValueError("the reply's arrays do not have the keys of the model sent")
-    parts = []
-    for key in sent.keys():
-        before, after = sent[key].numpy(), returned[key].numpy()
-        if before.shape != after.shape:
-            raise ValueError(f"array '{key}': sent {before.shape}, returned {after.shape}")
-        parts.append((after.astype(np.float64) - before.astype(np.float64)).ravel())
-    return np.concatenate(parts) if parts else np.zeros(0)
+from .updates import flat_delta
 
 
 def secagg_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:

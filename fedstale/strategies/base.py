@@ -56,6 +56,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
+from ..aggregation.compression import is_compressed, read_compressed
 from ..aggregation.privacy import CentralGaussianMechanism
 from ..aggregation.staleness import Polynomial, StalenessFunction
 from ..aggregation.trust import TrustTracker, agreement_score, reference_statistics
@@ -785,16 +786,26 @@ class AsyncStrategy(Strategy):
     def decode_update(self, task: Task, arrays: ArrayRecord) -> torch.Tensor:
         """The client's model x_local (flat) from its reply's ArrayRecord.
 
-        The default reads a dense model with the global model's layout
-        (:meth:`ModelCodec.flatten`); strategies whose clients encode their
-        updates (compression, secure aggregation) override it.
+        A dense reply is read with the global model's layout
+        (:meth:`ModelCodec.flatten`). A compressed one
+        (:mod:`fedstale.aggregation.compression`, recognised by its
+        ``fedstale.delta.*`` keys) carries Δ̂ only: x_local = x_base + Δ̂,
+        where x_base is the model the task was dispatched with. Strategies
+        whose clients encode their updates otherwise (secure aggregation)
+        override it.
 
         Raises
         ------
         UpdateError
-            If the arrays do not decode to a finite model.
+            If the arrays do not decode to a finite model; for a compressed
+            reply, naming the offending key.
         """
-        del task
+        if is_compressed(arrays):
+            delta = read_compressed(arrays, self._codec.num_parameters)
+            local = self._snapshots[task.dispatch_version][0] + delta
+            if not bool(torch.isfinite(local).all()):
+                raise UpdateError("update contains NaN or infinite values")
+            return local
         return self._codec.flatten(arrays)
 
     # ------------------------------------------------------------------
