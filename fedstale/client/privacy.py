@@ -237,6 +237,40 @@ def resolve_noise_multiplier(
     )
 
 
+def _run_epochs(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    epochs: int,
+    device: torch.device,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+    generator: torch.Generator,
+) -> float:
+    """DP-SGD epochs over Opacus' Poisson loader; the last epoch's mean loss.
+
+    On an empty Poisson batch the mean loss is NaN but the per-example
+    gradients are empty, so the optimizer's step is pure noise and the
+    accountant records it, as DP-SGD requires.
+    """
+    loss_fn = nn.CrossEntropyLoss()
+    epoch_loss = float("nan")
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            if augment is not None and len(inputs):
+                inputs = augment(inputs, generator)
+            optimizer.zero_grad()
+            loss = loss_fn(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            if len(targets):
+                total += loss.item() * len(targets)
+                count += len(targets)
+        epoch_loss = total / max(count, 1)
+    return epoch_loss
+
+
 def train_dp(  # pylint: disable=too-many-arguments,too-many-locals
     model: nn.Module,
     x: np.ndarray,
@@ -278,10 +312,11 @@ def train_dp(  # pylint: disable=too-many-arguments,too-many-locals
         batch_size=settings.batch_size,
         generator=data_generator,
     )
-    engine = PrivacyEngine(accountant=dp.accountant)
-    engine.accountant.history = list(state.history)
-    with warnings.catch_warnings():  # Opacus warns about seeded (non-secure) RNG
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        # Opacus warns that the RNG is not cryptographic (secure_mode off), as intended here
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=dp.accountant)
+        engine.accountant.history = list(state.history)
         private, optimizer, loader = engine.make_private(
             module=work,
             optimizer=optimizer,
@@ -291,24 +326,12 @@ def train_dp(  # pylint: disable=too-many-arguments,too-many-locals
             poisson_sampling=True,
             noise_generator=noise_generator,
         )
-    loss_fn = nn.CrossEntropyLoss()
-    epoch_loss = float("nan")
-    for _ in range(settings.epochs):
-        total, count = 0.0, 0
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
-            if augment is not None and len(inputs):
-                inputs = augment(inputs, data_generator)
-            optimizer.zero_grad()
-            # On an empty batch the mean loss is NaN but the per-example
-            # gradients are empty, so the step is pure noise, as DP-SGD needs.
-            loss = loss_fn(private(inputs), targets)
-            loss.backward()
-            optimizer.step()
-            if len(targets):
-                total += float(loss) * len(targets)
-                count += len(targets)
-        epoch_loss = total / max(count, 1)
+    with warnings.catch_warnings():
+        # the first layer's inputs need no gradient; Opacus' hooks only need its outputs'
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        epoch_loss = _run_epochs(
+            private, optimizer, loader, settings.epochs, device, augment, data_generator
+        )
     model.load_state_dict(private._module.state_dict())  # pylint: disable=protected-access
     private.remove_hooks()
     state.noise_multiplier = z
