@@ -55,13 +55,15 @@ DATASET_CONFIGS = {
     "cifar10": ("cifar10", "resnet20"),
     "cifar10_squeezenet": ("cifar10", "squeezenet"),
 }
-STRATEGY_CONFIGS = [p for p in CONFIGS if p.stem not in {"robustness", *DATASET_CONFIGS}]
+STRATEGY_CONFIGS = [
+    p for p in CONFIGS if p.stem not in {"robustness", "dp_sgd", *DATASET_CONFIGS}
+]  # dp_sgd.yaml: tests/test_dp_sgd.py
 
 
 def test_configs_folder_has_yaml_files() -> None:
     """The shipped experiments are present."""
     assert [p.name for p in CONFIGS] == [
-        "cifar10.yaml", "cifar10_squeezenet.yaml", "default.yaml", "dynamic.yaml",
+        "cifar10.yaml", "cifar10_squeezenet.yaml", "default.yaml", "dp_sgd.yaml", "dynamic.yaml",
         "fashion_mnist.yaml", "fedasync.yaml", "fedavg.yaml", "mnist.yaml", "robustness.yaml",
     ]
 

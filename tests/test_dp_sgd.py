@@ -352,3 +352,21 @@ def test_epsilon_columns_are_filled(shipped_run):
     running = [float(r["max_client_epsilon"]) for r in metrics[1:]]
     assert all(a < b for a, b in zip(running, running[1:]))
     assert running[-1] == max(float(r["epsilon"]) for r in clients)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "gdp"])
+def test_other_accountants_persist_and_match_opacus(accountant):
+    """prv and gdp: ε grows across updates and equals a fresh Opacus accountant of that kind."""
+    from opacus.accountants import create_accountant  # pylint: disable=import-outside-toplevel
+
+    x, y = _toy_data(40)
+    dp = DpSettings(1.0, None, 0, 1.0, 1e-5, accountant=accountant)
+    state, epsilons = AccountantState(), []
+    for seed in range(2):
+        model = nn.Linear(4, 3)
+        epsilons.append(train_dp(model, x, y, TrainSettings(epochs=1, batch_size=8, seed=seed), dp, state, CPU).epsilon)
+    assert 0 < epsilons[0] < epsilons[1]
+    fresh = create_accountant(accountant)
+    fresh.history = [(1.0, 0.2, 10)]
+    assert state.history == [(1.0, 0.2, 10)]
+    assert epsilons[1] == pytest.approx(fresh.get_epsilon(delta=1e-5), rel=1e-9)
