@@ -86,6 +86,8 @@ def test_epsilon_grows_per_client_and_each_client_keeps_its_own(bridge_run):
     per_update = steps0[0]
     assert steps0 == [per_update, 2 * per_update, 3 * per_update]
     assert int(replies[1][0]["dp-steps"]) == per_update
+    # only private or public quantities leave the client: no noiseless train loss
+    assert "train-loss" not in replies[0][0] and "dp-noise-multiplier" in replies[0][0]
     # the node's Context holds one accountant per virtual client
     state = grid.contexts[grid.get_node_ids()[0]].state
     assert int(state[f"client.0.{STATE_KEY}"]["participations"]) == 3

@@ -169,9 +169,11 @@ class TorchClient(NumPyClient):
         """Train locally from ``parameters``; return the new parameters.
 
         With ``dp-sgd`` in ``config`` the update is DP-SGD
-        (:func:`fedstale.client.privacy.train_dp`) and the metrics add
-        ``dp-epsilon`` (this client's ε so far), ``dp-noise-multiplier`` and
-        ``dp-steps`` (its noisy steps so far).
+        (:func:`fedstale.client.privacy.train_dp`) and the metrics are
+        ``dp-epsilon`` (this client's ε so far), ``dp-noise-multiplier``,
+        ``dp-steps`` (its noisy steps so far) and ``epochs-run``; no
+        ``train-loss``, which is computed on the private data without noise
+        and would leak outside the (ε, δ) guarantee.
         """
         set_torch_threads(int(config.get("num-threads", 1)))
         dp = DpSettings.from_config(config)
@@ -206,7 +208,6 @@ class TorchClient(NumPyClient):
             params,
             len(x),
             {
-                "train-loss": result.train.train_loss,
                 "epochs-run": result.train.epochs_run,
                 "dp-epsilon": result.epsilon,
                 "dp-noise-multiplier": result.noise_multiplier,
