@@ -372,3 +372,27 @@ def test_other_accountants_persist_and_match_opacus(accountant):
     fresh.history = [(1.0, 0.2, 10)]
     assert state.history == [(1.0, 0.2, 10)]
     assert epsilons[1] == pytest.approx(fresh.get_epsilon(delta=1e-5), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if m != "resnet18"])
+def test_shipped_models_train_under_dp_sgd_with_unchanged_keys(name):
+    """Every shipped model but resnet18 takes a DP-SGD update; none has BatchNorm,
+    so the private build keeps its state_dict keys."""
+    rng = np.random.default_rng(0)
+    if name == "bert_lora":
+        spec = DatasetSpec(name="text", input_shape=(16,), num_classes=2)
+        x = rng.integers(1, 100, size=(12, 16)).astype(np.int64)
+    else:
+        spec = DatasetSpec(name="x", input_shape=(3, 32, 32) if name != "mlp" else (1, 8, 8), num_classes=10)
+        x = rng.random((12, *spec.input_shape)).astype(np.float32)
+    y = rng.integers(0, spec.num_classes, 12).astype(np.int64)
+    model = build_model(name, spec, private=True)
+    assert list(model.state_dict()) == list(build_model(name, spec).state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = AccountantState()
+    dp = DpSettings(1.0, None, 0, 1.0, 1e-5)
+    train_dp(model, x, y, TrainSettings(epochs=1, batch_size=4, lr=0.1), dp, state, CPU)
+    assert state.steps == 3
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed == list(before)  # every tensor that travels was trained
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())

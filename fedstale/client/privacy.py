@@ -130,7 +130,8 @@ class AccountantState:
     Attributes
     ----------
     noise_multiplier : float | None
-        z fixed for this client (target-ε mode: computed at its first update).
+        z of this client's last update; in target-ε mode the z derived at its
+        first update, reused for all the others.
     history : list[tuple[float, float, int]]
         Opacus accountant history: ``(z, q, steps)`` entries.
     participations : int
@@ -251,12 +252,12 @@ def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> tuple[float, .
 def resolve_noise_multiplier(
     settings: DpSettings, state: AccountantState, sample_rate: float, steps_per_update: int
 ) -> float:
-    """The client's z: kept from an earlier update, configured, or derived from the target."""
-    if state.noise_multiplier is not None:
-        return state.noise_multiplier
+    """The client's z: the configured one, or (target-ε mode) the one derived at its first update."""
     if settings.target_epsilon is None:
         assert settings.noise_multiplier is not None
         return settings.noise_multiplier
+    if state.noise_multiplier is not None:
+        return state.noise_multiplier
     return _noise_for_target(
         settings.target_epsilon,
         settings.delta,
