@@ -21,7 +21,6 @@ from ..data import IMAGE_DATASETS, DatasetSpec, PartitionSpec, SplitData, load_c
 from ..data.augment import AUGMENTATIONS
 from ..data.backdoor import poison_examples
 from ..models import build_model
-from .privacy import AccountantState, DpSettings, train_dp
 from .training import TrainSettings, evaluate, pick_device, train
 
 _THREADS_SET: list[int] = []
@@ -176,9 +175,8 @@ class TorchClient(NumPyClient):
         and would leak outside the (ε, δ) guarantee.
         """
         set_torch_threads(int(config.get("num-threads", 1)))
-        dp = DpSettings.from_config(config)
-        if dp is not None:
-            return self._fit_private(parameters, config, dp)
+        if bool(config.get("dp-sgd", False)):
+            return self._fit_private(parameters, config)
         x, y = self._training_data(config)
         model = self._model(config, parameters)
         result = train(
@@ -192,9 +190,14 @@ class TorchClient(NumPyClient):
         )
 
     def _fit_private(
-        self, parameters: list[np.ndarray], config: dict[str, Any], dp: DpSettings
+        self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         """DP-SGD update; the accountant is restored from and saved to ``self.state``."""
+        # pylint: disable=import-outside-toplevel  # Opacus only when DP-SGD is on
+        from .privacy import AccountantState, DpSettings, train_dp
+
+        dp = DpSettings.from_config(config)
+        assert dp is not None
         x, y = self._training_data(config)
         model = self._model(config, parameters)
         state = AccountantState.load(self.state)

@@ -58,7 +58,12 @@ def make_private_model(model: nn.Module) -> nn.Module:
     ValueError
         When Opacus still rejects a layer of the fixed model.
     """
-    from opacus.validators import ModuleValidator  # pylint: disable=import-outside-toplevel
+    try:
+        from opacus.validators import ModuleValidator  # pylint: disable=import-outside-toplevel
+    except ImportError as err:
+        raise ImportError(
+            "privacy.local.enabled needs Opacus: pip install -e '.[privacy]'"
+        ) from err
 
     fixed = ModuleValidator.fix(model)
     for module in fixed.modules():
