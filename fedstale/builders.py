@@ -115,7 +115,7 @@ def make_validation_loss(config: Config) -> Callable[[torch.Tensor], float]:
     d = config.data
     data = load_split(d.dataset, d.test_fraction, d.seed, d.server_val_size, d.path)
     assert data.x_val is not None and data.y_val is not None
-    model = build_model(config.model.name, data.spec)
+    model = build_model(config.model.name, data.spec, private=config.privacy.local.enabled)
     codec = ModelCodec(initial_arrays(config))
     device = pick_device()
 
@@ -193,6 +193,9 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         adversary=build_adversary(config),
         central_dp=build_central_dp(config),
         recorder=recorder,
+        max_participations=(
+            config.privacy.local.max_participations if config.privacy.local.enabled else 0
+        ),
         **strategy_kwargs(config),
     )
 
@@ -200,7 +203,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
 def train_config(config: Config) -> ConfigRecord:
     """What every TRAIN (and EVALUATE) message tells the ClientApp."""
     d, c = config.data, config.client
-    return ConfigRecord(
+    record = ConfigRecord(
         {
             "dataset": d.dataset,
             "data-path": d.path,
@@ -225,6 +228,33 @@ def train_config(config: Config) -> ConfigRecord:
         }
         | privacy_directives(config)
     )
+    record.update(dp_sgd_directives(config))
+    return record
+
+
+def dp_sgd_directives(config: Config) -> dict[str, Any]:
+    """The ``dp-*`` keys that turn on DP-SGD in the clients (none unless ``privacy.local.enabled``).
+
+    Read by :meth:`fedstale.client.privacy.DpSettings.from_config`. In
+    target-ε mode no ``dp-noise-multiplier`` is sent: each client derives its
+    own z from its sampling rate.
+    """
+    local = config.privacy.local
+    if not local.enabled:
+        return {}
+    directives: dict[str, Any] = {
+        "dp-sgd": True,
+        "dp-max-participations": local.max_participations,
+        "dp-max-grad-norm": local.max_grad_norm,
+        "dp-delta": local.delta,
+        "dp-accountant": local.accountant,
+    }
+    if local.target_epsilon is not None:
+        directives["dp-target-epsilon"] = local.target_epsilon
+    else:
+        assert local.noise_multiplier is not None  # config check
+        directives["dp-noise-multiplier"] = local.noise_multiplier
+    return directives
 
 
 def privacy_directives(config: Config) -> dict[str, Any]:
@@ -256,7 +286,9 @@ def initial_arrays(config: Config) -> ArrayRecord:
     """The initial global model (weights from ``run.seed``)."""
     d = config.data
     spec = load_split(d.dataset, d.test_fraction, d.seed, path=d.path).spec
-    model = build_model(config.model.name, spec, seed=config.run.seed)
+    model = build_model(
+        config.model.name, spec, seed=config.run.seed, private=config.privacy.local.enabled
+    )
     return ArrayRecord(model.state_dict())
 
 
@@ -269,7 +301,7 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
     """
     d = config.data
     data = load_split(d.dataset, d.test_fraction, d.seed, path=d.path)
-    model = build_model(config.model.name, data.spec)
+    model = build_model(config.model.name, data.spec, private=config.privacy.local.enabled)
     device = pick_device()
     set_torch_threads(config.client.num_threads)
     backdoor = None

@@ -650,6 +650,12 @@ def _privacy_checks(config: Config) -> list[str]:
                 "privacy.local.max_participations: target_epsilon is a budget over a "
                 "known number of local updates; set max_participations (e.g. 10)"
             )
+        if config.model.name == "resnet18":
+            problems.append(
+                "privacy.local: Opacus cannot compute per-example gradients through "
+                "torchvision's resnet18 (its residual add is in place); use model.name: "
+                "resnet8 or resnet20 with DP-SGD"
+            )
     if central.enabled:
         if strategy.aggregator != "mean" and not central.allow_robust:
             problems.append(

@@ -194,3 +194,14 @@ def test_central_dp_run_reports_a_growing_epsilon(tmp_path):
     assert float(rows[-1]["accuracy"]) > 0.5  # without DP: 0.62 at 40 versions
     _, strategy, _ = run(config(stop__num_updates=2, privacy__central__enabled=True))
     assert strategy.central_dp.num_releases == 2
+
+
+def test_shipped_central_dp_config_builds_its_mechanism():
+    """configs/central_dp.yaml: 200 clients, K = 50, z = 1, C = 0.5, Poisson q = 50/200."""
+    from fedstale.builders import build_strategy  # pylint: disable=import-outside-toplevel
+
+    strategy = build_strategy(config("central_dp"))
+    dp = strategy.central_dp
+    assert (dp.noise_multiplier, dp.clipping_norm, dp.population_size, dp.sampling) == (1.0, 0.5, 200, "poisson")
+    assert (strategy.buffer_size, strategy.concurrency) == (50, 100)
+    assert dp.std(strategy.buffer_size) == pytest.approx(0.01)

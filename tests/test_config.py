@@ -55,14 +55,18 @@ DATASET_CONFIGS = {
     "cifar10": ("cifar10", "resnet20"),
     "cifar10_squeezenet": ("cifar10", "squeezenet"),
 }
-STRATEGY_CONFIGS = [p for p in CONFIGS if p.stem not in {"robustness", *DATASET_CONFIGS}]
+STRATEGY_CONFIGS = [
+    p for p in CONFIGS if p.stem not in {"robustness", "dp_sgd", "central_dp", *DATASET_CONFIGS}
+]  # dp_sgd.yaml: tests/test_dp_sgd.py; central_dp.yaml: tests/test_central_dp.py
 
 
 def test_configs_folder_has_yaml_files() -> None:
     """The shipped experiments are present."""
     assert [p.name for p in CONFIGS] == [
-        "cifar10.yaml", "cifar10_squeezenet.yaml", "compression.yaml", "default.yaml", "dynamic.yaml",
+        "central_dp.yaml", "cifar10.yaml", "cifar10_squeezenet.yaml", "compression.yaml",
+        "default.yaml", "dp_sgd.yaml", "dynamic.yaml",
         "fashion_mnist.yaml", "fedasync.yaml", "fedavg.yaml", "mnist.yaml", "robustness.yaml",
+        "secagg.yaml",
     ]
 
 
@@ -88,7 +92,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
     """The strategy YAMLs load and validate; their strategy matches their name."""
     config = load_config(path)
     assert isinstance(config, Config)
-    expected = {"default": "fedbuff", "compression": "fedbuff"}.get(path.stem, path.stem)
+    expected = {"default": "fedbuff", "compression": "fedbuff", "secagg": "fedbuff"}.get(path.stem, path.stem)
     assert config.strategy.name == expected
     assert config.data.num_clients == 20
     assert config.strategy.concurrency == 10

@@ -196,3 +196,23 @@ def test_attacks_run_as_a_client_mod_on_the_real_path(federation):
             assert row["quarantined"] == "True" and row["accepted"] == "False"
     metrics = _rows(out / "robustness" / "metrics.csv")
     assert int(metrics[-1]["quarantined"]) >= 4
+
+
+def test_dp_sgd_accountants_persist_in_flower_contexts(federation):
+    """configs/dp_sgd.yaml on Ray: each client's ε grows over its 10 updates in the
+    SuperNodes' Contexts, ends ≤ 8, the budget stops the run, ≥ 80% accuracy."""
+    fed, work = federation
+    out = work / "dp-results"
+    fed.run(ROOT, {"config": "configs/dp_sgd.yaml", "run.output_dir": str(out)}, check=True)
+    clients = _rows(out / "dp_sgd" / "clients.csv")
+    per_client: dict[str, list[float]] = {}
+    for row in clients:
+        per_client.setdefault(row["client_id"], []).append(float(row["epsilon"]))
+    assert sorted(per_client) == ["0", "1", "2", "3"]
+    for epsilons in per_client.values():
+        assert len(epsilons) == 10
+        assert all(a < b for a, b in zip(epsilons, epsilons[1:]))
+        assert 7.95 < epsilons[-1] <= 8.0
+    final = _rows(out / "dp_sgd" / "metrics.csv")[-1]
+    assert float(final["max_client_epsilon"]) <= 8.0
+    assert float(final["accuracy"]) >= 0.80

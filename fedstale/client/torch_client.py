@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context
+from flwr.app import Context, RecordDict
 from flwr.client import NumPyClient
 
 from ..data import IMAGE_DATASETS, DatasetSpec, PartitionSpec, SplitData, load_client_data, load_split
@@ -78,8 +78,8 @@ def split_from(config: Mapping[str, Any]) -> SplitData:
 
 
 @lru_cache(maxsize=4)
-def _model_skeleton(name: str, spec: DatasetSpec) -> torch.nn.Module:
-    return build_model(name, spec)
+def _model_skeleton(name: str, spec: DatasetSpec, private: bool = False) -> torch.nn.Module:
+    return build_model(name, spec, private=private)
 
 
 def augmentation_from(config: Mapping[str, Any]) -> Callable | None:
@@ -99,11 +99,18 @@ class TorchClient(NumPyClient):
         The partition this client holds (``partition-id`` of its context).
     num_partitions : int
         Number of partitions (``num-partitions`` of its context).
+    state : RecordDict | None (default: None)
+        The client's ``Context.state``; DP-SGD keeps its privacy accountant
+        there between participations (None: nothing persists, and ε
+        restarts at every update).
     """
 
-    def __init__(self, client_id: int, num_partitions: int) -> None:
+    def __init__(
+        self, client_id: int, num_partitions: int, state: RecordDict | None = None
+    ) -> None:
         self.client_id = client_id
         self.num_partitions = num_partitions
+        self.state = state
         self.device = pick_device()
 
     def _data(self, config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +148,8 @@ class TorchClient(NumPyClient):
         )
 
     def _model(self, config: Mapping[str, Any], parameters: list[np.ndarray]) -> torch.nn.Module:
-        model = _model_skeleton(str(config.get("model", "cnn")), split_from(config).spec)
+        private = bool(config.get("dp-sgd", False))
+        model = _model_skeleton(str(config.get("model", "cnn")), split_from(config).spec, private)
         keys = list(model.state_dict().keys())
         model.load_state_dict(
             {k: torch.from_numpy(np.copy(v)) for k, v in zip(keys, parameters)}, strict=True
@@ -157,8 +165,18 @@ class TorchClient(NumPyClient):
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        """Train locally from ``parameters``; return the new parameters."""
+        """Train locally from ``parameters``; return the new parameters.
+
+        With ``dp-sgd`` in ``config`` the update is DP-SGD
+        (:func:`fedstale.client.privacy.train_dp`) and the metrics are
+        ``dp-epsilon`` (this client's ε so far), ``dp-noise-multiplier``,
+        ``dp-steps`` (its noisy steps so far) and ``epochs-run``; no
+        ``train-loss``, which is computed on the private data without noise
+        and would leak outside the (ε, δ) guarantee.
+        """
         set_torch_threads(int(config.get("num-threads", 1)))
+        if bool(config.get("dp-sgd", False)):
+            return self._fit_private(parameters, config)
         x, y = self._training_data(config)
         model = self._model(config, parameters)
         result = train(
@@ -169,6 +187,35 @@ class TorchClient(NumPyClient):
             params,
             len(x),
             {"train-loss": result.train_loss, "epochs-run": result.epochs_run},
+        )
+
+    def _fit_private(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        """DP-SGD update; the accountant is restored from and saved to ``self.state``."""
+        # pylint: disable=import-outside-toplevel  # Opacus only when DP-SGD is on
+        from .privacy import AccountantState, DpSettings, train_dp
+
+        dp = DpSettings.from_config(config)
+        assert dp is not None
+        x, y = self._training_data(config)
+        model = self._model(config, parameters)
+        state = AccountantState.load(self.state)
+        result = train_dp(
+            model, x, y, train_settings_from(config), dp, state, self.device,
+            augmentation_from(config),
+        )
+        state.save(self.state)
+        params = [v.detach().cpu().numpy() for v in model.state_dict().values()]
+        return (
+            params,
+            len(x),
+            {
+                "epochs-run": result.train.epochs_run,
+                "dp-epsilon": result.epsilon,
+                "dp-noise-multiplier": result.noise_multiplier,
+                "dp-steps": result.steps,
+            },
         )
 
     def evaluate(
@@ -182,8 +229,9 @@ class TorchClient(NumPyClient):
 
 
 def client_fn(context: Context) -> TorchClient:
-    """Build the client of ``context.node_config['partition-id']``."""
+    """Build the client of ``context.node_config['partition-id']`` (its state: ``context.state``)."""
     return TorchClient(
         int(context.node_config["partition-id"]),
         int(context.node_config["num-partitions"]),
+        context.state,
     )

@@ -195,6 +195,10 @@ class AsyncStrategy(Strategy):
         its ε is reported in ``metrics.csv``. None: no central DP.
     recorder : Recorder | None (default: None)
         Receives rows for ``clients.csv``/``metrics.csv`` and model versions.
+    max_participations : int (default: 0)
+        Tasks a client may be sent at most (its DP-SGD privacy budget,
+        ``privacy.local.max_participations``); the run stops once every
+        client has had them all. 0: unlimited.
     """
 
     supported_modes: tuple[str, ...] = ("async", "sync")
@@ -222,6 +226,7 @@ class AsyncStrategy(Strategy):
         adversary: Adversary | None = None,
         central_dp: CentralGaussianMechanism | None = None,
         recorder: Recorder | None = None,
+        max_participations: int = 0,
     ) -> None:
         if mode not in self.supported_modes:
             raise ValueError(
@@ -249,6 +254,7 @@ class AsyncStrategy(Strategy):
         self.adversary = adversary
         self.central_dp = central_dp
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
+        self.max_participations = max_participations
         self._reset_run_state()
 
     # ------------------------------------------------------------------
@@ -673,14 +679,25 @@ class AsyncStrategy(Strategy):
             return 0 if self._inflight else self.concurrency
         return self.concurrency - len(self._inflight)
 
+    def _budget_spent(self) -> set[int]:
+        """Clients sent ``max_participations`` tasks already (none when unlimited).
+
+        Every dispatched task counts, failed ones too: the client may have
+        trained (and spent privacy) before its reply was lost.
+        """
+        if self.max_participations <= 0:
+            return set()
+        return {c for c, n in self._task_index.items() if n >= self.max_participations}
+
     def _select_clients(self, count: int) -> list[int]:
         """Pick ``count`` idle clients: clients to retry first, then at random."""
         chosen: list[int] = []
+        spent = self._budget_spent()
         while self._retry_first and len(chosen) < count:
             client = self._retry_first.pop(0)
-            if client not in self._busy and client not in self._excluded:
+            if client not in self._busy and client not in self._excluded | spent:
                 chosen.append(client)
-        idle = sorted(self._clients - self._busy - self._excluded - set(chosen))
+        idle = sorted(self._clients - self._busy - self._excluded - spent - set(chosen))
         extra = min(count - len(chosen), len(idle))
         if extra > 0:
             chosen += [int(c) for c in self._rng.choice(idle, size=extra, replace=False)]
@@ -1089,6 +1106,11 @@ class AsyncStrategy(Strategy):
             return True
         if self._clients and self._clients <= self._excluded:
             self._stop_reason = "every client was left out after failures"
+            return True
+        if not self._inflight and self._clients and self._clients <= (
+            self._excluded | self._budget_spent()
+        ):
+            self._stop_reason = "every client spent its privacy budget (max_participations)"
             return True
         return False
 
