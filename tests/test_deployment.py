@@ -13,13 +13,19 @@ sleep), so each run makes a handful of updates.
 from __future__ import annotations
 
 import csv
+import importlib
+import importlib.metadata
 import json
+import re
 import socket
 import ssl
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
+from cryptography import x509
 
 from fedstale.certificates import write_credentials
 from fedstale.deployment import LocalDeployment
@@ -215,3 +221,135 @@ def test_tls_and_supernode_authentication(tmp_path):
     finally:
         dep.stop()
     assert dep.processes() == []
+
+
+# ------------------------------------------------------------------ docker/
+
+DOCKER = ROOT / "docker"
+FLWR_VERSION = importlib.metadata.version("flwr")
+# Flower's own argument parsers for the three programs the images run.
+PARSERS = {
+    "flwr/superlink": "flwr.superlink.cli.flower_superlink:_parse_args_run_superlink",
+    "flwr/supernode": "flwr.supernode.cli.flower_supernode:_parse_args_run_supernode",
+    "flwr/superexec": "flwr.supercore.cli.flower_superexec:_parse_args",
+}
+
+
+def _compose(*names: str) -> dict:
+    """The compose files merged the way ``docker compose -f a -f b`` does for
+    the keys used here (a later service's ``command``/``secrets`` replace)."""
+    merged: dict = {}
+    for name in names:
+        data = yaml.safe_load((DOCKER / name).read_text())
+        for key, value in data.items():
+            if key == "services":
+                services = merged.setdefault("services", {})
+                for service, fields in value.items():
+                    services.setdefault(service, {}).update(fields)
+            else:
+                merged.setdefault(key, {}).update(value)
+    return merged
+
+
+def _dockerfile_base(path: Path) -> str:
+    """The ``FROM`` image of a Dockerfile, with its ``ARG`` defaults filled in."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", path.read_text(), flags=re.M))
+    (base,) = re.findall(r"^FROM (\S+)", path.read_text(), flags=re.M)
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
+
+
+def _base_image(service: dict) -> str:
+    if "build" in service:
+        return _dockerfile_base(DOCKER / service["build"]["context"] / service["build"]["dockerfile"])
+    return service["image"]
+
+
+def _parse(image: str, command: list[str]):
+    """``command`` parsed by the flwr 1.41 program the image runs; fails on unknown flags."""
+    module, _, function = PARSERS[image.split(":")[0]].partition(":")
+    parser = getattr(importlib.import_module(module), function)()
+    try:
+        args, unknown = parser.parse_known_args([str(c) for c in command])
+    except SystemExit as err:  # argparse rejected a value
+        raise AssertionError(f"{image} rejects {command}") from err
+    assert unknown == [], f"{image} does not accept {unknown}"
+    return args
+
+
+def _node_config(text: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (item.split("=") for item in text.split())}
+
+
+@pytest.mark.parametrize("files", [("compose.yml",), ("compose.yml", "with-tls.yml")])
+def test_compose_topology_and_flags(files):
+    """One SuperLink, N SuperNodes with partition-id 0..N-1, a SuperExec per
+    Runtime API; every command is accepted by flwr's own parsers; images
+    are Flower's official ones at the installed version."""
+    services = _compose(*files)["services"]
+    kinds: dict[str, list[str]] = {}
+    parsed = {}
+    for name, service in services.items():
+        image = _base_image(service)
+        assert image.rsplit(":", 1)[1] == FLWR_VERSION == "1.41.0", (name, image)
+        kinds.setdefault(image.split(":")[0], []).append(name)
+        parsed[name] = _parse(image, service["command"])
+    assert len(kinds["flwr/superlink"]) == 1
+    supernodes = sorted(kinds["flwr/supernode"])
+    assert len(supernodes) == NODES  # the topology test_deployment starts
+    link = parsed["superlink"]
+    assert link.isolation == "process" and link.host == "0.0.0.0"
+    assert f"{link.port}:{link.port}" in services["superlink"]["ports"]
+    configs = [_node_config(parsed[n].node_config) for n in supernodes]
+    assert configs == [{"partition-id": i, "num-partitions": NODES} for i in range(NODES)]
+    runtime_apis = {f"superlink:{link.port}"}
+    for name in supernodes:
+        node = parsed[name]
+        assert node.superlink == f"superlink:{link.port}" and node.isolation == "process"
+        runtime_apis.add(f"{name}:{node.port}")
+    # one SuperExec per Runtime API, each started after the process it serves
+    superexecs = {parsed[n].runtime_api_address: n for n in kinds["flwr/superexec"]}
+    assert set(superexecs) == runtime_apis and len(kinds["flwr/superexec"]) == len(runtime_apis)
+    for address, name in superexecs.items():
+        assert services[name]["depends_on"] == [address.split(":")[0]]
+    tls = "with-tls.yml" in files
+    assert link.insecure is not tls and all(parsed[n].insecure is not tls for n in supernodes)
+    assert parsed[superexecs[f"superlink:{link.port}"]].insecure is not tls
+
+
+def test_compose_tls_files_are_the_ones_the_generator_writes(tmp_path):
+    """The secrets with-tls.yml mounts are the generator's files, under the
+    paths the commands name, and the flags match LocalDeployment's."""
+    compose = _compose("compose.yml", "with-tls.yml")
+    creds = write_credentials(tmp_path, hosts=["superlink"])
+    secrets = {k: Path(v["file"]) for k, v in compose["secrets"].items()}
+    assert {p.parent for p in secrets.values()} == {Path("certificates")}
+    assert {p.name for p in secrets.values()} == {creds.ca_cert.name, creds.server_cert.name, creds.server_key.name}
+    assert "docker/certificates/" in (ROOT / ".gitignore").read_text()  # keys stay out of git
+    dep = LocalDeployment(tmp_path / "dep", credentials=creds)
+    local = dep.superlink_command()
+    for name, service in compose["services"].items():
+        mounted = {s["target"].removeprefix("/app/") for s in service.get("secrets", [])}
+        paths = {c for c in service["command"] if str(c).startswith("certificates/")}
+        assert paths == mounted, name
+    link = compose["services"]["superlink"]["command"]
+    flags = [c for c in link if str(c).startswith("--ssl")]
+    assert flags == [c for c in local if c.startswith("--ssl")]
+    cert = x509.load_pem_x509_certificate(creds.server_cert.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "superlink" in names.get_values_for_type(x509.DNSName)
+
+
+def test_superexec_image_installs_fedstale_without_flwr():
+    """The Dockerfile's sed leaves a valid pyproject whose dependencies are
+    fedstale's minus flwr (already in flwr/superexec) and copies what the
+    package build needs."""
+    text = (DOCKER / "superexec.Dockerfile").read_text()
+    (pattern,) = re.findall(r"sed -i 's/(.*?)//' pyproject.toml", text)
+    edited = re.sub(pattern, "", (ROOT / "pyproject.toml").read_text())  # sed works line by line, so does .*
+    deps = tomllib.loads(edited)["project"]["dependencies"]
+    original = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [d for d in original if not d.startswith("flwr[")] == deps
+    for copied in re.findall(r"^COPY --chown=app:app (.+) \S+$", text, flags=re.M):
+        for path in copied.split():
+            assert (ROOT / path).exists(), path
+    assert text.strip().endswith('ENTRYPOINT ["flower-superexec"]')
