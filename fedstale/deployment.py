@@ -339,7 +339,8 @@ class LocalDeployment:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop every process this deployment started, by PID and process group."""
-        started = [p.pid for p in self._processes.values()]
+        # Only processes not yet reaped: a reaped PID may belong to someone else now.
+        started = [p.pid for p in self._processes.values() if p.poll() is None]
         stop_processes(set(started) | set(self.processes()), grace)
         for proc in self._processes.values():
             try:
