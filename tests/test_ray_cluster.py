@@ -92,7 +92,7 @@ def test_simulation_attaches_to_an_existing_ray_cluster(ray_head, tmp_path):
             cwd=tmp_path,
             check=True,
         )
-        private_sessions = list(fed.ray_tmpdir.glob("session_*"))
+        private_sessions = list(fed.ray_tmpdir.glob("ray/session_*"))  # RAY_TMPDIR/ray
         workers = list(temp.glob("session_*/logs/worker-*.out"))
     finally:
         fed.stop()
