@@ -63,7 +63,7 @@ def ray_head():
             pass
         yield f"127.0.0.1:{port}", temp
     finally:
-        stop_processes({head.pid} | set(pids_with_flwr_home(str(temp))), grace=10)
+        stop_processes({head.pid} | set(pids_with_flwr_home(str(temp))), grace=5)
         head.wait(timeout=30)
         log.close()
         left = pids_with_flwr_home(str(temp))
