@@ -225,7 +225,7 @@ class LocalDeployment:
         )
         return self._start(name, command, cwd)
 
-    def wait_for_supernodes(self, count: int, timeout: float = 60.0) -> list[int]:
+    def wait_for_supernodes(self, count: int, timeout: float = 120.0) -> list[int]:
         """Wait until ``count`` SuperNodes are active; return their node ids."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -86,6 +86,7 @@ def deployment(tmp_path_factory):
         yield dep
     finally:
         dep.stop()
+        assert dep.processes() == [], "a SuperLink, SuperNode or app process outlived the tests"
 
 
 @pytest.fixture(scope="module")
