@@ -27,6 +27,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from fedstale import certificates
 from fedstale.certificates import write_credentials
 from fedstale.deployment import LocalDeployment
 from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS
@@ -354,3 +355,25 @@ def test_superexec_image_installs_fedstale_without_flwr():
         for path in copied.split():
             assert (ROOT / path).exists(), path
     assert text.strip().endswith('ENTRYPOINT ["flower-superexec"]')
+
+
+def test_certificate_command_writes_what_flower_loads(tmp_path, capsys):
+    """``python -m fedstale.certificates`` (the README's command): the
+    certificate names every host plus the loopback ones, private keys are
+    0600, and Flower's own loaders accept the SuperNode keys."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.cli.supernode.register import try_load_public_key
+
+    certificates.main([str(tmp_path), "--host", "203.0.113.5", "--host", "superlink", "--supernodes", "2"])
+    assert "2 SuperNode key pairs" in capsys.readouterr().out
+    cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["superlink", "localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["203.0.113.5", "127.0.0.1"]
+    for name in ("ca.key", "server.key", "supernode-0", "supernode-1"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    for index in range(2):
+        key = load_ssh_private_key((tmp_path / f"supernode-{index}").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        assert try_load_public_key(tmp_path / f"supernode-{index}.pub").startswith(b"-----BEGIN PUBLIC KEY")
