@@ -19,22 +19,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..processes import free_port, pids_with_flwr_home, stop_processes
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["FlwrRunError", "LocalFederation", "format_run_config", "free_port", "run_failed"]
 
 
 def format_run_config(values: dict[str, Any]) -> str:
@@ -49,27 +43,6 @@ def format_run_config(values: dict[str, Any]) -> str:
             text = repr(value)
         parts.append(f"{key}={text}")
     return " ".join(parts)
-
-
-def _pids_mentioning(flwr_home: str) -> list[int]:
-    """Processes whose command line or environment names ``flwr_home``.
-
-    Every process ``flwr run`` starts (SuperLink, SuperExec, the simulation
-    and Ray's daemons and workers) inherits ``FLWR_HOME`` in its environment.
-    """
-    marker = f"FLWR_HOME={flwr_home}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if flwr_home.encode() in cmdline or marker + b"\0" in environ + b"\0":
-            pids.append(int(entry.name))
-    return pids
 
 
 class LocalFederation:
@@ -155,30 +128,11 @@ class LocalFederation:
 
     def processes(self) -> list[int]:
         """PIDs of processes started for this federation (by their ``FLWR_HOME``)."""
-        return _pids_mentioning(str(self.flwr_home))
+        return pids_with_flwr_home(str(self.flwr_home))
 
     def stop(self, grace: float = 5.0) -> None:
         """Kill this federation's SuperLink and everything in its process group."""
-        pids = self.processes()
-        groups = set()
-        for pid in pids:
-            try:
-                groups.add(os.getpgid(pid))
-            except ProcessLookupError:
-                continue
-        for group in groups:
-            if group != os.getpgrp():
-                _signal_group(group, signal.SIGTERM)
-        for pid in pids:
-            _signal_pid(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.1)
-        for group in groups:
-            if group != os.getpgrp():
-                _signal_group(group, signal.SIGKILL)
-        for pid in pids:
-            _signal_pid(pid, signal.SIGKILL)
+        stop_processes(self.processes(), grace)
         shutil.rmtree(self.ray_tmpdir, ignore_errors=True)
 
 
@@ -198,25 +152,3 @@ def run_failed(proc: subprocess.CompletedProcess[str]) -> str | None:
         if "Exit Code:" in line:
             return line.strip()
     return None
-
-
-def _signal_group(group: int, sig: int) -> None:
-    try:
-        os.killpg(group, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _signal_pid(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"

@@ -1,0 +1,98 @@
+"""Find and stop the processes a Flower launch started, by PID.
+
+Flower's launchers start processes in their own sessions: ``flwr run .``
+detaches a local SuperLink, a SuperLink detaches the SuperExec that starts
+``flwr-serverapp``, a SuperNode's SuperExec starts ``flwr-clientapp``
+processes. A process whose parent died is adopted by init and leaves its
+parent's process group, so neither the parent's PID nor its group finds it.
+What every one of them does keep is the environment it inherited: launching
+with a private ``FLWR_HOME`` marks the whole tree, and
+:func:`pids_with_flwr_home` finds it again through ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pids_with_flwr_home(flwr_home: str) -> list[int]:
+    """Processes whose command line or environment names ``flwr_home``.
+
+    Every process started under ``FLWR_HOME=flwr_home`` (SuperLink,
+    SuperNode, SuperExec, ServerApp and ClientApp processes, Ray's daemons
+    and workers) inherits it in its environment.
+    """
+    marker = f"FLWR_HOME={flwr_home}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if not alive(int(entry.name)):
+            continue
+        if flwr_home.encode() in cmdline or marker + b"\0" in environ + b"\0":
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_processes(pids: Iterable[int], grace: float = 5.0) -> None:
+    """SIGTERM ``pids`` and their process groups, then SIGKILL what is left.
+
+    The caller's own process group is never signalled.
+    """
+    pids = list(pids)
+    groups = set()
+    for pid in pids:
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    groups.discard(os.getpgrp())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            _signal_group(group, sig)
+        for pid in pids:
+            _signal_pid(pid, sig)
+        if sig == signal.SIGTERM:
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(alive(p) for p in pids):
+                time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _signal_group(group: int, sig: int) -> None:
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
