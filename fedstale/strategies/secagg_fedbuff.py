@@ -48,7 +48,8 @@ class SecAggFedBuff(FedBuff):
     ``dropout="recover"``, or discarding the group with ``"discard"``) and
     steps:
 
-        d = s̄ · (1/n) Σ_i Δ_i     normalization="count", s̄ = (1/n) Σ_i s(τ_i)
+        d = s̄ · (1/n) Σ_i Δ_i     normalization="count", s̄ = (1/n) Σ_i s(τ_i),
+                                  τ_i counted when the group resolves
         d = (1/n) Σ_i Δ_i         normalization="weight_sum"
 
     then momentum and η_g as in FedBuff. Individual updates cannot be
@@ -186,8 +187,7 @@ class SecAggFedBuff(FedBuff):
         """Put each update in its group; step for every group now resolved."""
         for update in updates:
             group, index = self._slot_of_task.pop(update.task.task_id)
-            update.weight = self.staleness_weight(update)
-            update.reason = f"secure group {group}"
+            update.weight = self.staleness_weight(update)  # logged; the step re-counts τ
             self._groups[group].arrived[index] = update
         new_model = None
         for group_id in sorted(g for g, group in self._groups.items() if group.resolved):
