@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +94,7 @@ class LocalDeployment:
         )
         self.env.pop("MPLCONFIGDIR", None)  # set in this process by importing fedstale
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._runtime_ports: dict[str, int] = {}
         self._logs: dict[str, IO[bytes]] = {}
         self._write_config()
 
@@ -220,10 +222,78 @@ class LocalDeployment:
         name = name or f"supernode-{partition_id}"
         cwd = self.superlink_dir.parent / name
         cwd.mkdir(exist_ok=True)
-        command = self.supernode_command(
-            partition_id, num_partitions, free_port(), private_key, max_retries
+        port = free_port()
+        command = self.supernode_command(partition_id, num_partitions, port, private_key, max_retries)
+        proc = self._start(name, command, cwd)
+        self._runtime_ports[name] = port
+        return proc
+
+    def supernode_pids(self, name: str) -> list[int]:
+        """The SuperNode ``name`` and the processes serving its Runtime API.
+
+        Its SuperExec and ``flwr-clientapp`` processes run in sessions of
+        their own; they are the processes of this deployment whose command
+        line names the SuperNode's Runtime API port (``HOST:PORT``).
+        """
+        suffix = f":{self._runtime_ports[name]}"
+        pids = [self._processes[name].pid] if self._processes[name].poll() is None else []
+        for pid in self.processes():
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if pid not in pids and any(arg.endswith(suffix) for arg in args):
+                pids.append(pid)
+        return pids
+
+    def kill_supernode(self, name: str) -> list[int]:
+        """SIGKILL SuperNode ``name`` and its SuperExec/ClientApp processes, as a crash would.
+
+        Returns the PIDs killed (the SuperNode's first). Nothing is
+        deregistered: the SuperLink only notices through missed heartbeats.
+        """
+        pids = self.supernode_pids(name)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._processes[name].wait(timeout=10)
+        return pids
+
+    def restart_supernode(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+        self,
+        partition_id: int,
+        num_partitions: int,
+        private_key: Path,
+        node_id: int,
+        timeout: float = 180.0,
+    ) -> str:
+        """Start a crashed SuperNode again with its key; return the new process's name.
+
+        With the same key the SuperNode comes back as the same ``node_id``,
+        but the SuperLink refuses to activate a node it still counts as
+        online ("[code: 2004] Failed to activate SuperNode", exit code 305)
+        until it misses its heartbeats: up to 2 × 30 s after the crash.
+        So this starts it again until the SuperLink logs a new activation
+        of ``node_id``.
+        """
+        activations = self.activated_nodes().count(node_id)
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while time.monotonic() < deadline:
+            attempt += 1
+            name = f"supernode-{partition_id}-restart-{attempt}"
+            proc = self.start_supernode(partition_id, num_partitions, private_key, name=name)
+            while proc.poll() is None and time.monotonic() < deadline:
+                if self.activated_nodes().count(node_id) > activations:
+                    return name
+                time.sleep(0.2)
+            time.sleep(1.0)
+        raise DeploymentError(
+            f"SuperNode {partition_id} (node {node_id}) was not activated again within "
+            f"{timeout:.0f} s:\n{self.all_logs()}"
         )
-        return self._start(name, command, cwd)
 
     def wait_for_supernodes(self, count: int, timeout: float = 120.0) -> list[int]:
         """Wait until ``count`` SuperNodes are active; return their node ids."""

@@ -526,7 +526,9 @@ class AsyncStrategy(Strategy):
             self.clock.advance(task)
             if self._process(task):
                 self._after_new_version(grid, num_rounds)
-        if self._last_eval_version != self._version:
+        if self._last_eval_version != self._version or self._last_eval_updates != self._updates:
+            # a last row with the final counts, even when the model did not
+            # change since the previous one (e.g. every client failed)
             self._evaluate(grid)
         log_line(
             "finished: %d versions, %d updates in %.1fs virtual / %.1fs wall (%s)",
@@ -572,6 +574,7 @@ class AsyncStrategy(Strategy):
         self._max_client_epsilon: float | None = None
         self._since_eval: list[int] = []
         self._last_eval_version = -1
+        self._last_eval_updates = -1
         self._last_accuracy: float | None = None
         self._stop_reason = ""
         self._rng = np.random.default_rng([self.seed, 4])
@@ -1071,6 +1074,7 @@ class AsyncStrategy(Strategy):
                 row["fed_accuracy"] = fed.get("accuracy", "")
                 row["fed_loss"] = fed.get("loss", "")
         self._last_eval_version = version
+        self._last_eval_updates = self._updates
         self.recorder.on_evaluate(row)
         log_line("%s", format_evaluation(row, self._num_rounds_hint))
 

@@ -1,0 +1,135 @@
+"""Faults on real processes: a SuperNode killed mid-run and restarted.
+
+Each SuperNode joins over TLS with its own key pair, registered on the
+SuperLink with ``flwr supernode register`` (as in the README's deployment steps), so
+a SuperNode restarted with the same key comes back under the same node id
+and the clients placed on it at start-up reach it again. The test kills
+SuperNode 1 (SIGKILL, with its SuperExec and the ``flwr-clientapp`` that is
+training) while it holds a TRAIN message, restarts it with the same
+partition id and key, and checks that the lost task is a failure counted
+in ``metrics.csv``, that client 1 is dispatched again and merged after the
+restart, and that the run completes its version budget.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fedstale.certificates import write_credentials
+from fedstale.deployment import LocalDeployment
+from tests.helpers import ROOT
+
+NODES = 2
+VERSIONS = 6
+TIMEOUT = 60  # s; a healthy update takes 17-40 s here at load 3-4, 55-73 s at load 6
+RUN = {
+    "config": "configs/fedasync.yaml",
+    "data.num_clients": NODES,
+    "strategy.concurrency": NODES,
+    "delay.clock": "wall",
+    "stop.num_updates": VERSIONS,
+    "evaluation.every": 2,
+    "comm.timeout": TIMEOUT,
+    "comm.max_retries": 1000,  # retries while the node is down fail at once (see below)
+    "output.checkpoint_every": 0,
+    "output.plots": False,
+}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _wait(condition, timeout: float, what: str, dep: LocalDeployment):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout:.0f} s\n{dep.all_logs()}")
+
+
+@pytest.mark.e2e
+def test_supernode_killed_mid_run_and_restarted(tmp_path):
+    started = time.monotonic()
+    # Flower accepts a SuperNode key only over TLS
+    creds = write_credentials(tmp_path / "certificates", supernodes=NODES)
+    keys = creds.supernode_keys
+    dep = LocalDeployment(tmp_path / "dep", credentials=creds)
+    try:
+        dep.start_superlink()
+        node_ids = [dep.register_supernode(public) for _, public in keys]
+        for partition, (private, _) in enumerate(keys):
+            dep.start_supernode(partition, NODES, private_key=private)
+        assert sorted(dep.wait_for_supernodes(NODES)) == sorted(node_ids)
+        out = tmp_path / "results"
+        clients_csv = out / "fedasync" / "clients.csv"
+        proc = dep.submit(ROOT, {**RUN, "run.output_dir": str(out)})
+
+        # Mid-run: an update was merged and SuperNode 1 is running a ClientApp
+        # for a TRAIN message (it pulled the message, so its reply is lost).
+        def training_on_node_1():
+            if not any(r["accepted"] == "True" for r in _rows(clients_csv)):
+                return None
+            apps = [p for p in dep.supernode_pids("supernode-1") if "flwr-clientapp" in _cmdline(p)]
+            return apps or None
+
+        _wait(training_on_node_1, 240, "no TRAIN ClientApp on SuperNode 1 after the first update", dep)
+        merged_before_kill = len(_rows(clients_csv))
+        killed = dep.kill_supernode("supernode-1")
+        assert len(killed) >= 2  # the SuperNode and at least its ClientApp
+        assert all(not _cmdline(pid) or "<defunct>" in _cmdline(pid) for pid in killed)
+        restarted_at = time.monotonic()
+        dep.restart_supernode(1, NODES, keys[1][0], node_ids[1])
+        restart_seconds = time.monotonic() - restarted_at
+        done = dep.finish(proc, timeout=400, check=True)
+        seconds = time.monotonic() - started
+    finally:
+        dep.stop()
+    assert dep.processes() == [], "a SuperLink, SuperNode or app process outlived the test"
+
+    assert f"[LOG] finished: {VERSIONS} versions" in done.stdout
+    metrics = _rows(out / "fedasync" / "metrics.csv")
+    clients = _rows(clients_csv)
+    failed = [r for r in clients if r["accepted"] != "True"]
+    merged = [r for r in clients if r["accepted"] == "True"]
+    print(
+        f"\n[deployment faults] {seconds:.0f} s end to end; {merged_before_kill} rows before the kill; "
+        f"back after {restart_seconds:.0f} s; "
+        f"failures: {Counter((r['client_id'], r['reason'][:40]) for r in failed)}"
+    )
+    assert int(metrics[-1]["version"]) == VERSIONS and len(merged) == VERSIONS
+    assert int(metrics[-1]["failures"]) == len(failed) >= 1
+    assert int(metrics[-1]["updates"]) == len(clients)
+    # The task SuperNode 1 held when killed (and any retry sent before the
+    # restart): a timeout, or an error reply had the SuperLink noticed the
+    # missed heartbeats first; never merged.
+    lost = [r for r in failed if r["client_id"] == "1"]
+    assert lost, failed
+    for row in lost:
+        assert row["reason"] == f"no reply within {TIMEOUT}s" or row["reason"].startswith("error reply"), row
+        assert row["weight"] == ""
+    # Client 1 was dispatched again and trained on the restarted SuperNode.
+    last_lost = max(int(r["task_id"]) for r in lost)
+    later = [r for r in merged if r["client_id"] == "1" and int(r["task_id"]) > last_lost]
+    assert later, clients
+    assert all(r["node"] == "1" for r in later)
+    # No row lost or doubled: task ids are unique, one row per finished task.
+    ids = [int(r["task_id"]) for r in clients]
+    assert len(ids) == len(set(ids))
