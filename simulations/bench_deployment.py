@@ -54,10 +54,10 @@ How
   (:meth:`LocalDeployment.stop`), also on error or Ctrl-C; the script
   checks that none is left.
 
-Run from the repository root (about 2 min on 2 shared cores with the
-defaults)::
+Run from the repository root (about 3 min on 2 shared cores with the
+defaults; 12 updates took 306 s at load 1-9)::
 
-    python simulations/bench_deployment.py [--nodes 2] [--updates 12] [--inflight 1|2] [--poll 0.05]
+    python simulations/bench_deployment.py [--nodes 2] [--updates 8] [--inflight 1|2] [--poll 0.05] [--model cnn]
 
 Results go to a temporary folder that is deleted; the last line is the
 steady-state seconds per update per node against the 2 s target.
@@ -87,7 +87,7 @@ def parse_args() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=2, help="SuperNodes (default 2)")
-    parser.add_argument("--updates", type=int, default=12, help="client updates in the run (default 12)")
+    parser.add_argument("--updates", type=int, default=8, help="client updates in the run (default 8)")
     parser.add_argument("--inflight", type=int, default=1, help="comm.max_inflight_per_node (default 1)")
     parser.add_argument("--poll", type=float, default=None,
                         help=f"{POLL_ENV} for the SuperNodes' SuperExec (default: Flower's 1 s)")
