@@ -46,9 +46,10 @@ How
   computed on a model that ``nodes × inflight − 1`` other updates may
   overtake.
 - ``--poll`` sets ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (Flower's own
-  environment variable, default 1 s, minimum 0.01 s) in the SuperNodes'
-  environment; their SuperExec inherits it and looks for new ClientApp
-  tasks that often.
+  environment variable, default 1 s, minimum 0.01 s) in the environment of
+  every process of the deployment: the SuperNodes' SuperExecs (and the
+  SuperLink's, for the ServerApp) inherit it and look for new tasks that
+  often.
 - Every process started (SuperLink, SuperNodes, their SuperExecs,
   ServerApp and ClientApp processes) is stopped by PID at the end
   (:meth:`LocalDeployment.stop`), also on error or Ctrl-C; the script
@@ -90,7 +91,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--updates", type=int, default=8, help="client updates in the run (default 8)")
     parser.add_argument("--inflight", type=int, default=1, help="comm.max_inflight_per_node (default 1)")
     parser.add_argument("--poll", type=float, default=None,
-                        help=f"{POLL_ENV} for the SuperNodes' SuperExec (default: Flower's 1 s)")
+                        help=f"{POLL_ENV} for every SuperExec (default: Flower's 1 s)")
     parser.add_argument("--model", default="resnet8", help="model.name (default resnet8, 75K parameters)")
     parser.add_argument("--config", default="configs/fedasync.yaml", help="base config (default FedAsync)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is abandoned")
