@@ -27,8 +27,9 @@ rounds of ``send_and_receive``, it keeps ``concurrency`` clients busy with
   is dispatched again (up to ``max_retries`` consecutive failures, after which
   it is left out for the rest of the run). Every message carries a TTL.
 - **Per node**, at most ``max_inflight_per_node`` messages are in flight (1 by
-  default), because Flower runs two messages for one node against the same
-  ``Context`` and keeps only the last write.
+  default), because Flower's simulation engine runs two messages for one
+  node against copies of the same ``Context`` and keeps only the last write
+  (a deployment SuperNode runs a node's messages one after the other).
 """
 
 from __future__ import annotations
