@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from .certificates import Credentials
-from .processes import free_port, pids_with_flwr_home, stop_processes
+from .processes import alive, free_port, pids_with_flwr_home, stop_processes
 from .simulation.launcher import FlwrRunError, format_run_config, run_failed
 
 FEDERATION = "deploy"
@@ -259,6 +259,12 @@ class LocalDeployment:
             except ProcessLookupError:
                 pass
         self._processes[name].wait(timeout=10)
+        # SIGKILL is asynchronous: a process in uninterruptible sleep (e.g.
+        # reading torch's libraries) dies when it leaves it. A crash means
+        # they are gone, so wait for that.
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return pids
 
     def restart_supernode(  # pylint: disable=too-many-arguments,too-many-positional-arguments
