@@ -324,13 +324,18 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
 
 
 def run_strategy(
-    strategy: AsyncStrategy, grid: Grid, config: Config, arrays: ArrayRecord | None = None
+    strategy: AsyncStrategy,
+    grid: Grid,
+    config: Config,
+    arrays: ArrayRecord | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> Result:
     """``strategy.start(...)`` with everything else the config says.
 
     The initial model (``arrays``, default from ``run.seed``), the stop
-    conditions, the reply timeout, the clients' config and the centralized
-    evaluation on the held-out test set.
+    conditions, the reply timeout, the clients' config, the centralized
+    evaluation on the held-out test set, and the run state to continue
+    from (``resume``, see :mod:`fedstale.resume`).
     """
     return strategy.start(
         grid=grid,
@@ -342,6 +347,7 @@ def run_strategy(
         evaluate_fn=make_evaluate_fn(config),
         max_virtual_time=config.stop.max_virtual_time,
         target_accuracy=config.stop.target_accuracy,
+        resume=resume,
     )
 
 

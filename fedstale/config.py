@@ -68,6 +68,9 @@ class RunConfig:
     name: str = _f("", "results go to <output_dir>/<name>/; empty: the YAML file's stem")
     seed: int = _f(0, "seed of client selection, delays and local training", ge=0)
     output_dir: str = _f("results", "folder for results, relative to the working directory")
+    resume: str = _f(
+        "", "run folder of an interrupted (or finished) run to continue from its checkpoints/resume.pt, e.g. results/default (empty: start a new run)"
+    )
 
 
 def _dataset_names() -> list[str]:
@@ -289,6 +292,9 @@ class OutputConfig:
     """``output``: what is written besides the CSV files."""
 
     checkpoint_every: int = _f(50, "save a checkpoint every this many versions (0: never)", ge=0)
+    resume_every: int = _f(
+        10, "save checkpoints/resume.pt (everything run.resume needs) every this many versions (0: never)", ge=0
+    )
     plots: bool = _f(True, "write PNG plots at the end")
 
 
@@ -633,6 +639,27 @@ def _cross_checks(config: Config, explicit: set[str]) -> list[str]:
     problems += _attack_checks(config)
     problems += _data_model_checks(config)
     problems += _privacy_checks(config)
+    problems += _resume_checks(config)
+    return problems
+
+
+def _resume_checks(config: Config) -> list[str]:
+    """What a resumed run cannot carry over from the interrupted one."""
+    if not config.run.resume:
+        return []
+    problems = []
+    if config.privacy.local.enabled:
+        problems.append(
+            "run.resume: each client's DP-SGD accountant lives in its SuperNode's Context, "
+            "which a new run does not have, so the ε reported after resuming would be too "
+            "low; start a new run (run.resume: '') with privacy.local"
+        )
+    if config.privacy.secagg.enabled:
+        problems.append(
+            "run.resume: secure-aggregation groups in flight cannot be re-formed with the "
+            "masks their members already applied; start a new run (run.resume: '') with "
+            "privacy.secagg"
+        )
     return problems
 
 

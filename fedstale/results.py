@@ -7,6 +7,8 @@ Layout of a run folder:
 - ``clients.csv``: one row per received update (:data:`CLIENT_COLUMNS`);
 - ``checkpoints/version_<v>.pt``: the global model every
   ``output.checkpoint_every`` versions (a PyTorch ``state_dict``);
+- ``checkpoints/resume.pt``: what ``run.resume`` needs to continue the run,
+  every ``output.resume_every`` versions (see :mod:`fedstale.resume`);
 - ``model.pt``: the final global model (a ``state_dict``);
 - ``plots/``: PNG plots (see :mod:`fedstale.plots`).
 
@@ -26,6 +28,8 @@ from typing import Any, TextIO
 import torch
 import yaml
 from flwr.app import ArrayRecord
+
+from .resume import ResumePoint, cut_back, save_resume_point
 
 METRICS_COLUMNS = (
     "version",
@@ -115,14 +119,19 @@ def unique_run_dir(base: Path) -> Path:
 
 
 class _CsvLog:
-    """A CSV file written one flushed row at a time."""
+    """A CSV file written one flushed row at a time (appended to when ``append``)."""
 
-    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+    def __init__(self, path: Path, columns: tuple[str, ...], append: bool = False) -> None:
         self.columns = columns
-        self._file: TextIO = path.open("w", newline="", encoding="utf-8")
+        self._file: TextIO = path.open("a" if append else "w", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
-        self._writer.writeheader()
+        if not append:
+            self._writer.writeheader()
         self._file.flush()
+
+    def size(self) -> int:
+        """Bytes written so far (every row is flushed)."""
+        return os.fstat(self._file.fileno()).st_size
 
     def write(self, row: dict[str, Any]) -> None:
         self._writer.writerow({k: _cell(row.get(k, "")) for k in self.columns})
@@ -155,19 +164,37 @@ class RunRecorder:
         Written to ``config.yaml``.
     checkpoint_every : int
         Save ``checkpoints/version_<v>.pt`` every this many versions (0: never).
+    resume_every : int
+        Save ``checkpoints/resume.pt`` every this many versions (0: never);
+        see :mod:`fedstale.resume`.
+    resume_from : ResumePoint | None
+        Continue the run already in ``run_dir`` from this resume point: its
+        CSV files are cut back to the point's rows and appended to.
     """
 
+    # pylint: disable=too-many-arguments
     def __init__(
-        self, run_dir: Path, resolved_config: dict[str, Any], checkpoint_every: int = 0
+        self,
+        run_dir: Path,
+        resolved_config: dict[str, Any],
+        checkpoint_every: int = 0,
+        resume_every: int = 0,
+        resume_from: ResumePoint | None = None,
     ) -> None:
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=False)
-        (run_dir / "config.yaml").write_text(
-            yaml.safe_dump(resolved_config, sort_keys=False), encoding="utf-8"
-        )
+        self.resolved_config = resolved_config
         self.checkpoint_every = checkpoint_every
-        self._metrics = _CsvLog(run_dir / "metrics.csv", METRICS_COLUMNS)
-        self._clients = _CsvLog(run_dir / "clients.csv", CLIENT_COLUMNS)
+        self.resume_every = resume_every
+        if resume_from is None:
+            run_dir.mkdir(parents=True, exist_ok=False)
+        else:
+            for name, size in resume_from.csv_sizes.items():
+                cut_back(run_dir / name, size)
+        config_text = yaml.safe_dump(resolved_config, sort_keys=False)
+        _write_atomic(run_dir / "config.yaml", config_text)
+        append = resume_from is not None
+        self._metrics = _CsvLog(run_dir / "metrics.csv", METRICS_COLUMNS, append)
+        self._clients = _CsvLog(run_dir / "clients.csv", CLIENT_COLUMNS, append)
 
     def on_update(self, row: dict[str, Any]) -> None:
         """Append a row to ``clients.csv``."""
@@ -185,6 +212,19 @@ class RunRecorder:
             state = dict(get_arrays().to_torch_state_dict())
             _save_atomic(state, folder / f"version_{version:06d}.pt")
 
+    def on_resume_point(
+        self, version: int, get_state: Callable[[], dict[str, Any]], force: bool = False
+    ) -> None:
+        """Save ``checkpoints/resume.pt`` every ``resume_every`` versions (or when forced)."""
+        if not self.resume_every or not (force or version % self.resume_every == 0):
+            return
+        point = ResumePoint(
+            state=get_state(),
+            csv_sizes={"metrics.csv": self._metrics.size(), "clients.csv": self._clients.size()},
+            config=self.resolved_config,
+        )
+        save_resume_point(self.run_dir, point)
+
     def finish(self, arrays: ArrayRecord, plots: bool = True) -> None:
         """Save ``model.pt``, close the CSVs and draw the plots."""
         _save_atomic(dict(arrays.to_torch_state_dict()), self.run_dir / "model.pt")
@@ -194,6 +234,12 @@ class RunRecorder:
             from .plots import plot_run  # pylint: disable=import-outside-toplevel
 
             plot_run(self.run_dir)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -19,6 +19,7 @@ from .config import (
 )
 from .progress import log_line
 from .results import RunRecorder, unique_run_dir
+from .resume import check_same_experiment, load_resume_point
 
 APP_DIR = Path(__file__).resolve().parent.parent
 """The Flower app's folder (the installed FAB in a run): relative config
@@ -36,16 +37,47 @@ def config_from_run(run_config: dict[str, Any], explicit: dict[str, Any]) -> tup
     return load_config(path, overrides), path
 
 
-def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
-    """Run one experiment on ``grid``; return its results folder."""
+def open_run(config: Config, config_path: Path) -> tuple[RunRecorder, dict[str, Any] | None]:
+    """The run's recorder, and the run state to continue from (``run.resume``).
+
+    A new run gets a new folder ``<output_dir>/<name>`` (``-2``, ``-3``...
+    if taken). A resumed run reopens the folder ``run.resume`` names, after
+    checking it is the same experiment (:func:`fedstale.resume.check_same_experiment`).
+
+    Raises
+    ------
+    ConfigError
+        If the run to resume has no resume point or another configuration.
+    """
+    resolved = to_dict(config)
+    if config.run.resume:
+        run_dir = Path(config.run.resume).resolve()
+        point = load_resume_point(run_dir)
+        resolved["run"]["name"] = run_dir.name
+        check_same_experiment(point.config, resolved)
+        recorder = RunRecorder(
+            run_dir,
+            resolved,
+            config.output.checkpoint_every,
+            config.output.resume_every,
+            resume_from=point,
+        )
+        return recorder, point.state
     name = config.run.name or config_path.stem
     run_dir = unique_run_dir(Path(config.run.output_dir).resolve() / name)
-    resolved = to_dict(config)
     resolved["run"]["name"] = run_dir.name
-    recorder = RunRecorder(run_dir, resolved, config.output.checkpoint_every)
+    recorder = RunRecorder(
+        run_dir, resolved, config.output.checkpoint_every, config.output.resume_every
+    )
+    return recorder, None
+
+
+def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
+    """Run (or, with ``run.resume``, continue) one experiment on ``grid``; return its folder."""
+    recorder, resume = open_run(config, config_path)
     arrays = initial_arrays(config)
     log_line(
-        "experiment '%s': %s %s, %d clients, C=%d, %s model (%d parameters) -> %s",
+        "experiment '%s': %s %s, %d clients, C=%d, %s model (%d parameters) -> %s%s",
         config_path,
         config.strategy.name,
         config.strategy.resolved_mode(),
@@ -53,12 +85,14 @@ def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
         config.strategy.concurrency,
         config.model.name,
         num_parameters(arrays),
-        run_dir,
+        recorder.run_dir,
+        "" if resume is None else f" (resumed at version {resume['version']})",
     )
-    result = run_strategy(build_strategy(config, recorder), grid, config, arrays)
+    strategy = build_strategy(config, recorder)
+    result = run_strategy(strategy, grid, config, arrays, resume=resume)
     recorder.finish(result.arrays, plots=config.output.plots)
-    log_line("results written to %s", run_dir)
-    return run_dir
+    log_line("results written to %s", recorder.run_dir)
+    return recorder.run_dir
 
 
 @app.main()
@@ -66,7 +100,7 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run``."""
     try:
         config, path = config_from_run(context.run_config, grid.run.override_config)
+        run_experiment(grid, config, path)
     except ConfigError as err:
         log_line("%s", err, warning=True)
         raise
-    run_experiment(grid, config, path)

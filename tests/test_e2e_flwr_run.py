@@ -8,11 +8,17 @@ module and is stopped, with every process it started, at the end.
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from fedstale.config import ConfigError
 from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS, WALL_COLUMNS
+from fedstale.resume import load_resume_point
 from fedstale.simulation.launcher import LocalFederation, run_failed
 from tests.helpers import ROOT, config, run
 
@@ -74,6 +80,7 @@ def test_default_run_writes_the_output_contract(default_run):
     assert [int(r["version"]) for r in metrics] == list(range(0, VERSIONS + 1, 5))
     assert len(clients) == 5 * VERSIONS  # K = 5 accepted updates per version
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "resume.pt",  # output.resume_every (10): the latest resume point only
         "version_000050.pt",
         "version_000100.pt",
     ]
@@ -125,6 +132,61 @@ def test_same_rows_with_two_parallel_ray_workers(federation, default_run):
     _, _, recorder = run(config(stop__num_updates=VERSIONS))
     in_process = [float(r["accuracy"]) for r in recorder.evaluations]
     assert [float(r["accuracy"]) for r in _rows(first / "metrics.csv")] == pytest.approx(in_process, abs=1e-9)
+
+
+def _kill_serverapp(fed: LocalFederation) -> list[int]:
+    """SIGKILL the process running the ServerApp (``flwr-simulation`` here)."""
+    killed = []
+    for pid in fed.processes():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"flwr-simulation" in cmdline or b"flwr-serverapp" in cmdline:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
+def _resume_version(run_dir: Path) -> int:
+    try:
+        return int(load_resume_point(run_dir).state["version"])
+    except (ConfigError, OSError, EOFError, RuntimeError):
+        return -1  # not written yet (or being replaced)
+
+
+def test_serverapp_killed_mid_run_and_resumed(federation, default_run):
+    """SIGKILL the ServerApp after its resume point at version ≥ 20, then
+    ``flwr run`` again with ``run.resume``: the version counter, metrics.csv
+    and clients.csv continue with no row lost or doubled; in fact every row
+    equals the uninterrupted default run's (virtual clock), wall time aside."""
+    fed, work = federation
+    _, uninterrupted = default_run
+    out = work / "killed-results"
+    run_dir = out / "default"
+    values = {"stop.num_updates": VERSIONS, "run.output_dir": str(out), "output.plots": False}
+    first = threading.Thread(target=fed.run, args=(ROOT, values), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 600
+    while _resume_version(run_dir) < 20 and first.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = _kill_serverapp(fed)
+    assert killed, "no ServerApp process to kill"
+    at_kill = _resume_version(run_dir)
+    assert 20 <= at_kill < VERSIONS, "the run ended before it could be killed"
+    assert not (run_dir / "model.pt").exists()
+
+    proc = fed.run(ROOT, values | {"run.resume": str(run_dir)}, check=True)
+    first.join(timeout=120)
+    assert f"(resumed at version {at_kill})" in proc.stdout
+    assert f"[LOG] finished: {VERSIONS} versions" in proc.stdout
+    metrics = _rows(run_dir / "metrics.csv")
+    assert [int(r["version"]) for r in metrics] == list(range(0, VERSIONS + 1, 5))
+    clients = _rows(run_dir / "clients.csv")
+    task_ids = [int(r["task_id"]) for r in clients]
+    assert len(task_ids) == len(set(task_ids)) == int(metrics[-1]["updates"])
+    for name in ("metrics.csv", "clients.csv"):
+        assert _reproducible(_rows(run_dir / name)) == _reproducible(_rows(uninterrupted / name))
 
 
 def test_config_is_chosen_and_overridden_from_the_run_config(federation):

@@ -37,6 +37,9 @@ class NormBound:
         Recent accepted updates the median is taken over.
     """
 
+    run_state_attributes = ("_norms",)
+    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` clears)."""
+
     def __init__(self, kappa: float, window: int = 20) -> None:
         self.kappa = kappa
         self._norms: deque[float] = deque(maxlen=window)

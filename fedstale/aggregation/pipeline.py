@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..resume import capture, restore
 from .preaggregators import PREAGGREGATORS, PreAggregator
 from .reducers import REDUCERS, Reducer
 
@@ -93,6 +94,15 @@ class Pipeline(Reducer):
         for stage in self.stages:
             stage.reset()
         self.reducer.reset()
+
+    def run_state(self) -> list[Any]:
+        """The run state of every stage, then of the reducer (for resume)."""
+        return [capture(part) for part in [*self.stages, self.reducer]]
+
+    def load_run_state(self, state: list[Any]) -> None:
+        """Put back what :meth:`run_state` returned."""
+        for part, part_state in zip([*self.stages, self.reducer], state):
+            restore(part, part_state)
 
 
 def make_aggregator(spec: str, **params: Any) -> Reducer:

@@ -98,6 +98,9 @@ class Bucketing(PreAggregator):
 
     name = "bucketing"
 
+    run_state_attributes = ("_generator",)
+    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` restarts)."""
+
     def __init__(self, *, bucket_size: int = 2, seed: int = 0) -> None:
         if bucket_size < 1:
             raise ValueError(f"bucketing: bucket_size must be >= 1, got {bucket_size}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 
 import numpy as np
@@ -142,6 +143,7 @@ class CentralGaussianMechanism:
             )
         )
         self._pending: dict[int, int] = {}
+        self._released: dict[int, int] = {}
         state = np.random.SeedSequence([self.seed, NOISE_STREAM]).generate_state(1)
         self._generator = torch.Generator().manual_seed(int(state[0]))
 
@@ -167,7 +169,23 @@ class CentralGaussianMechanism:
         noise = torch.randn(mean.shape, generator=self._generator, dtype=torch.float64)
         size = min(count, self.population_size)
         self._pending[size] = self._pending.get(size, 0) + 1
+        self._released[size] = self._released.get(size, 0) + 1
         return (mean.to(torch.float64) + self.std(count) * noise).to(mean.dtype)
+
+    def run_state(self) -> dict[str, Any]:
+        """Releases so far (by aggregate size) and the noise stream (for resume).
+
+        The accountant itself cannot be pickled (it holds a module); it is
+        rebuilt by composing the same releases again.
+        """
+        return {"released": dict(self._released), "generator": self._generator.get_state()}
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        """Continue after the releases of ``state``, with its noise stream."""
+        self.reset()
+        self._released = dict(state["released"])
+        self._pending = dict(state["released"])
+        self._generator.set_state(state["generator"])
 
     def _compose_pending(self) -> None:
         """Compose the releases not yet accounted, one call per aggregate size.

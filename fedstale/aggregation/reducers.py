@@ -306,6 +306,9 @@ class CenteredClipping(Reducer):
 
     name = "centered_clipping"
 
+    run_state_attributes = ("center",)
+    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` clears)."""
+
     def __init__(self, *, tau: float = 0.1, iterations: int = 1) -> None:
         if tau <= 0 or iterations < 1:
             raise ValueError("centered_clipping: tau must be > 0 and iterations >= 1")

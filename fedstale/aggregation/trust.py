@@ -78,6 +78,9 @@ class TrustTracker:
         Trust at which a quarantined client is released (≥ ``quarantine_below``).
     """
 
+    run_state_attributes = ("_trust", "_quarantined")
+    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` clears)."""
+
     def __init__(
         self, smoothing: float = 0.5, quarantine_below: float = 0.2, recover_above: float = 0.4
     ) -> None:

@@ -57,6 +57,9 @@ class Adversary:  # pylint: disable=too-many-instance-attributes
         Honest deltas an omniscient attacker looks at.
     """
 
+    run_state_attributes = ("_honest",)
+    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` clears)."""
+
     def __init__(
         self, name: str, malicious: set[int], params: dict[str, float], window: int = 10
     ) -> None:

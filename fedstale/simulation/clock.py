@@ -47,6 +47,11 @@ class Clock(ABC):
         """Wall seconds since :meth:`start`."""
         return time.monotonic() - self._wall_start
 
+    def resume(self, now: float, wall_elapsed: float) -> None:
+        """Continue a resumed run: time ``now``, ``wall_elapsed`` seconds already run."""
+        self.now = now
+        self._wall_start = time.monotonic() - wall_elapsed
+
     @abstractmethod
     def schedule(self, task: Task) -> None:
         """Set ``task.earliest_finish`` when the task is dispatched."""

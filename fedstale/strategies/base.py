@@ -34,6 +34,7 @@ rounds of ``send_and_receive``, it keeps ``concurrency`` clients busy with
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from abc import abstractmethod
@@ -63,6 +64,7 @@ from ..aggregation.staleness import Polynomial, StalenessFunction
 from ..aggregation.trust import TrustTracker, agreement_score, reference_statistics
 from ..aggregation.vectors import ModelCodec, UpdateError
 from ..progress import format_evaluation, log_line
+from ..resume import capture, restore
 from ..simulation.clock import Clock, WallClock
 from .task import ClientUpdate, Task
 from .transport import Transport
@@ -72,6 +74,54 @@ if TYPE_CHECKING:
 
 ACTION_KEY = "fedstale-action"
 """ConfigRecord key of the start-up QUERY messages (``describe``/``prepare``)."""
+
+_DISPATCH_FIELDS = (
+    "task_id",
+    "client_id",
+    "index",
+    "dispatch_version",
+    "dispatch_time",
+    "num_examples",
+    "epochs",
+    "min_epochs",
+    "bytes_down",
+    "lr",
+    "seed",
+)
+"""What a task in flight needs to be dispatched again on resume."""
+
+_COUNTERS = (
+    "_updates",
+    "_accepted",
+    "_dropped",
+    "_rejected",
+    "_failures",
+    "_bytes_up",
+    "_bytes_down",
+    "_dense_bytes_up",
+    "_max_client_epsilon",
+    "_since_eval",
+    "_last_eval_version",
+    "_last_eval_updates",
+    "_last_accuracy",
+)
+"""Run totals behind metrics.csv, saved in a resume point."""
+
+_CLIENT_BOOKS = (
+    "_excluded",
+    "_retry_first",
+    "_consecutive_failures",
+    "_last_staleness",
+    "_task_index",
+)
+"""Per-client bookkeeping saved in a resume point."""
+
+_RESULT_METRICS = (
+    "train_metrics_clientapp",
+    "evaluate_metrics_clientapp",
+    "evaluate_metrics_serverapp",
+)
+"""The :class:`~flwr.serverapp.strategy.Result` dicts a resumed run continues."""
 
 
 class Recorder(Protocol):
@@ -86,6 +136,11 @@ class Recorder(Protocol):
     def on_model(self, version: int, get_arrays: Callable[[], ArrayRecord]) -> None:
         """A new global model version."""
 
+    def on_resume_point(
+        self, version: int, get_state: Callable[[], dict[str, Any]], force: bool = False
+    ) -> None:
+        """A point the run could be resumed from (see :mod:`fedstale.resume`)."""
+
 
 class NullRecorder:
     """A recorder that keeps nothing."""
@@ -98,6 +153,11 @@ class NullRecorder:
 
     def on_model(self, version: int, get_arrays: Callable[[], ArrayRecord]) -> None:
         """Ignore the model."""
+
+    def on_resume_point(
+        self, version: int, get_state: Callable[[], dict[str, Any]], force: bool = False
+    ) -> None:
+        """Ignore the resume point."""
 
 
 class MemoryRecorder(NullRecorder):
@@ -203,6 +263,8 @@ class AsyncStrategy(Strategy):
     """
 
     supported_modes: tuple[str, ...] = ("async", "sync")
+    supports_resume: bool = True
+    """Whether :meth:`run_state` captures everything a resumed run needs."""
 
     # pylint: disable=too-many-arguments,too-many-locals
     def __init__(
@@ -308,19 +370,23 @@ class AsyncStrategy(Strategy):
         messages = []
         for client_id in self._select_clients(self._free_slots()):
             task = self._new_task(client_id, server_round, config)
-            task.message = self._client_message(
-                client_id,
-                MessageType.TRAIN,
-                arrays,
-                config,
-                server_round,
-                {"task-id": task.task_id, "seed": task.seed}
-                | ({} if task.lr is None else {"lr": task.lr})
-                | (self.adversary.task_config(client_id) if self.adversary else {})
-                | self.task_directives(task),
-            )
-            messages.append(task.message)
+            messages.append(self._train_message(task, arrays, config))
         return messages
+
+    def _train_message(self, task: Task, arrays: ArrayRecord, config: ConfigRecord) -> Message:
+        """The TRAIN message of ``task`` (kept on the task)."""
+        task.message = self._client_message(
+            task.client_id,
+            MessageType.TRAIN,
+            arrays,
+            config,
+            task.dispatch_version,
+            {"task-id": task.task_id, "seed": task.seed}
+            | ({} if task.lr is None else {"lr": task.lr})
+            | (self.adversary.task_config(task.client_id) if self.adversary else {})
+            | self.task_directives(task),
+        )
+        return task.message
 
     def task_directives(self, task: Task) -> dict[str, Any]:
         """Extra TRAIN-config entries for one task (none by default).
@@ -456,6 +522,7 @@ class AsyncStrategy(Strategy):
         *,
         max_virtual_time: float | None = None,
         target_accuracy: float | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> Result:
         """Run the federation until a stop condition holds.
 
@@ -483,6 +550,10 @@ class AsyncStrategy(Strategy):
             Stop before delivering a reply that finishes after this time.
         target_accuracy : float | None
             Stop at the first evaluation with ``accuracy`` ≥ this.
+        resume : dict[str, Any] | None
+            A :meth:`run_state` of an earlier run of this experiment to
+            continue from (see :mod:`fedstale.resume`); ``initial_arrays``
+            then only gives the model's layout.
 
         Returns
         -------
@@ -505,7 +576,10 @@ class AsyncStrategy(Strategy):
         self.clock.start()
         result = Result(arrays=initial_arrays)
         self._result = result
-        self._evaluate(grid)
+        if resume is None:
+            self._evaluate(grid)
+        else:
+            self.load_run_state(resume)
         while not self._should_stop(num_rounds, target_accuracy):
             self._dispatch(grid)
             self._pump(grid)
@@ -527,6 +601,10 @@ class AsyncStrategy(Strategy):
             self.clock.advance(task)
             if self._process(task):
                 self._after_new_version(grid, num_rounds)
+                if self.supports_resume:
+                    self.recorder.on_resume_point(
+                        self._version, self.run_state, force=self._version >= num_rounds
+                    )
         if self._last_eval_version != self._version or self._last_eval_updates != self._updates:
             # a last row with the final counts, even when the model did not
             # change since the previous one (e.g. every client failed)
@@ -588,6 +666,95 @@ class AsyncStrategy(Strategy):
         self._arrays = ArrayRecord()
         self._arrays_version = -1
         self._num_clients = self.num_clients or 0
+
+    # ------------------------------------------------------------------
+    # Resume (see fedstale.resume)
+    # ------------------------------------------------------------------
+
+    def run_state(self) -> dict[str, Any]:
+        """Everything needed to continue this run from the current version.
+
+        Taken right after a new model version (and its evaluation): the
+        model, counters, RNG, clock, per-client bookkeeping, the tasks in
+        flight with the models they started from, and the state of trust,
+        the adversary, central DP and the subclass (:meth:`extra_run_state`).
+        """
+        inflight = sorted(self._inflight.values(), key=lambda t: t.task_id)
+        bases = {t.dispatch_version for t in inflight}
+        return {
+            "strategy": type(self).__name__,
+            "version": self._version,
+            "model": self._model,
+            "bases": {v: self._snapshots[v][0] for v in sorted(bases)},
+            "inflight": [{f: getattr(t, f) for f in _DISPATCH_FIELDS} for t in inflight],
+            "next_task_id": self._next_task_id,
+            "rng": self._rng.bit_generator.state,
+            "clock": {"now": self.clock.now, "wall": self.clock.wall_elapsed()},
+            "counters": {name: copy.deepcopy(getattr(self, name)) for name in _COUNTERS},
+            "clients": {name: copy.deepcopy(getattr(self, name)) for name in _CLIENT_BOOKS},
+            "components": {
+                "trust": capture(self.trust),
+                "adversary": capture(self.adversary),
+                "central_dp": capture(self.central_dp),
+            },
+            "result": {
+                name: {v: dict(m) for v, m in getattr(self._result, name).items()}
+                for name in _RESULT_METRICS
+            },
+            "extra": self.extra_run_state(),
+        }
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a :meth:`run_state` of this experiment).
+
+        Called by :meth:`start` after the clients were placed on this run's
+        SuperNodes; the tasks that were in flight are queued again.
+        """
+        if state["strategy"] != type(self).__name__:
+            raise ValueError(
+                f"the resume point was written by {state['strategy']}, not {type(self).__name__}"
+            )
+        self._version = int(state["version"])
+        self._model = state["model"]
+        self._snapshots = {v: [m, 0] for v, m in state["bases"].items()}
+        self._snapshots.setdefault(self._version, [self._model, 0])
+        self._next_task_id = int(state["next_task_id"])
+        self._rng.bit_generator.state = state["rng"]
+        self.clock.resume(state["clock"]["now"], state["clock"]["wall"])
+        for name, value in state["counters"].items():
+            setattr(self, name, value)
+        for name, value in state["clients"].items():
+            setattr(self, name, copy.deepcopy(value))
+        restore(self.trust, state["components"]["trust"])
+        restore(self.adversary, state["components"]["adversary"])
+        restore(self.central_dp, state["components"]["central_dp"])
+        for name, metrics in state["result"].items():
+            getattr(self._result, name).update(
+                {int(v): MetricRecord(m) for v, m in metrics.items()}
+            )
+        self.load_extra_run_state(state["extra"])
+        self._requeue(state["inflight"])
+
+    def extra_run_state(self) -> dict[str, Any]:
+        """A subclass's own run state (server momentum, filters, ...)."""
+        return {}
+
+    def load_extra_run_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`extra_run_state` returned."""
+        del state
+
+    def _requeue(self, tasks: list[dict[str, Any]]) -> None:
+        """Dispatch again the tasks in flight at the resume point, as they were."""
+        for fields in tasks:
+            task = Task(node_id=self._placement[fields["client_id"]], **fields)
+            self.clock.schedule(task)
+            self._inflight[task.task_id] = task
+            self._busy.add(task.client_id)
+            snapshot = self._snapshots[task.dispatch_version]
+            snapshot[1] += 1
+            arrays = self._codec.unflatten(snapshot[0])
+            self._train_message(task, arrays, self._train_config)
+            self._transport.enqueue(task)
 
     # ------------------------------------------------------------------
     # Start-up: which clients live on which node

@@ -84,6 +84,19 @@ class DynamicStaleness(FedBuff):
         self.mean_staleness = None
         self._last_step = None
 
+    def extra_run_state(self) -> dict[str, Any]:
+        """FedBuff's, plus the staleness EMA τ̄ and the last step g."""
+        return super().extra_run_state() | {
+            "mean_staleness": self.mean_staleness,
+            "last_step": self._last_step,
+        }
+
+    def load_extra_run_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`extra_run_state` returned."""
+        super().load_extra_run_state(state)
+        self.mean_staleness = state["mean_staleness"]
+        self._last_step = state["last_step"]
+
     def staleness_weight(self, update: ClientUpdate) -> float:
         """w = b/(b + τ) · ((1 + cos(Δ, g))/2)^γ, updating τ̄ first."""
         tau = float(update.staleness)

@@ -10,6 +10,7 @@ import torch
 from flwr.supercore import log
 
 from ..aggregation.filters import NormBound, ValidationCheck
+from ..resume import capture, restore
 from .base import AsyncStrategy
 from .task import ClientUpdate
 
@@ -78,6 +79,16 @@ class FedAsync(AsyncStrategy):
             self._recent.clear()
         if getattr(self, "norm_bound", None) is not None:
             self.norm_bound.reset()
+
+    def extra_run_state(self) -> dict[str, Any]:
+        """Recent accepted deltas (trust reference) and the norm filter's history."""
+        return {"recent": list(self._recent), "norm_bound": capture(self.norm_bound)}
+
+    def load_extra_run_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`extra_run_state` returned."""
+        self._recent.clear()
+        self._recent.extend(state["recent"])
+        restore(self.norm_bound, state["norm_bound"])
 
     def aggregate_updates(
         self, model: torch.Tensor, updates: list[ClientUpdate]

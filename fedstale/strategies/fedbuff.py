@@ -9,6 +9,7 @@ import torch
 from flwr.supercore import log
 
 from ..aggregation.reducers import Reducer, WeightedMean
+from ..resume import capture, restore
 from .base import AsyncStrategy
 from .task import ClientUpdate
 
@@ -120,6 +121,19 @@ class FedBuff(AsyncStrategy):
         self._momentum = None
         if hasattr(self, "reducer"):
             self.reducer.reset()
+
+    def extra_run_state(self) -> dict[str, Any]:
+        """Server momentum and the reducer's state (for resume).
+
+        The buffer is empty at every resume point: a new version is made by
+        flushing it.
+        """
+        return {"momentum": self._momentum, "reducer": capture(self.reducer)}
+
+    def load_extra_run_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`extra_run_state` returned."""
+        self._momentum = state["momentum"]
+        restore(self.reducer, state["reducer"])
 
     def staleness_weight(self, update: ClientUpdate) -> float:
         """s(τ) of one update, computed when it is received."""

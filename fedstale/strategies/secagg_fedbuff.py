@@ -74,6 +74,9 @@ class SecAggFedBuff(FedBuff):
         ``reducer`` must be the mean).
     """
 
+    supports_resume = False
+    """Groups in flight hold members' masks that a new run cannot re-form."""
+
     def __init__(
         self,
         *,
