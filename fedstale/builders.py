@@ -184,6 +184,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         eval_every=config.evaluation.every,
         num_evaluate_clients=config.evaluation.federated_clients,
         max_retries=config.comm.max_retries,
+        retry_backoff=(config.comm.retry_backoff, config.comm.retry_backoff_max),
         message_ttl=config.comm.message_ttl,
         max_inflight_per_node=config.comm.max_inflight_per_node,
         push_window=config.comm.push_window or None,

@@ -305,6 +305,10 @@ class CommConfig:
     timeout: float = _f(600.0, "wall seconds to wait for a reply before counting it failed", gt=0)
     message_ttl: float = _f(3600.0, "time-to-live of every message, in seconds", gt=0)
     max_retries: int = _f(2, "re-dispatches of a failing client before it is left out", ge=0)
+    retry_backoff: float = _f(
+        0.0, "wall seconds before a failed client is dispatched again, doubled after each consecutive failure (0: at once; deployment: e.g. 2)", ge=0
+    )
+    retry_backoff_max: float = _f(60.0, "longest wait between two re-dispatches of a failing client, in wall seconds", gt=0)
     max_inflight_per_node: int = _f(1, "messages in flight per SuperNode", ge=1)
     push_window: int = _f(
         0, "messages in flight in all (0: auto, CPUs + 1 with the virtual clock, no limit with the wall clock)", ge=0
@@ -319,12 +323,12 @@ class AttackConfig:
     name: str = _f(
         "none",
         "attack",
-        choices=("none", "label_flip", "gaussian", "sign_flip", "scaling", "backdoor", "alie", "ipm"),
+        choices=("none", "label_flip", "gaussian", "sign_flip", "scaling", "model_scaling", "backdoor", "alie", "ipm"),
     )
     fraction: float = _f(0.2, "share of clients that are malicious (seeded choice)", ge=0, lt=1)
     clients: str = _f("", "explicit malicious client ids, comma-separated (overrides fraction)")
     boost: float = _f(1.0, "update multiplier (sign_flip: -boost·Δ; backdoor: boost·Δ)", gt=0)
-    scale: float = _f(10.0, "update multiplier (scaling)", gt=0)
+    scale: float = _f(10.0, "update multiplier (scaling) or model multiplier (model_scaling)", gt=0)
     sigma: float = _f(1.0, "standard deviation of the noise (gaussian)", gt=0)
     target_label: int = _f(0, "label the trigger maps to (backdoor)", ge=0)
     trigger_size: int = _f(2, "side of the square pixel trigger (backdoor)", ge=1)

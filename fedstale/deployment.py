@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from .certificates import Credentials
-from .processes import alive, free_port, pids_with_flwr_home, stop_processes
+from .processes import free_port, kill_now, pids_with_flwr_home, stop_all, stop_processes
 from .simulation.launcher import FlwrRunError, format_run_config, run_failed
 
 FEDERATION = "deploy"
@@ -252,19 +251,8 @@ class LocalDeployment:
         Returns the PIDs killed (the SuperNode's first). Nothing is
         deregistered: the SuperLink only notices through missed heartbeats.
         """
-        pids = self.supernode_pids(name)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        pids = kill_now(self.supernode_pids(name))
         self._processes[name].wait(timeout=10)
-        # SIGKILL is asynchronous: a process in uninterruptible sleep (e.g.
-        # reading torch's libraries) dies when it leaves it. A crash means
-        # they are gone, so wait for that.
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
         return pids
 
     def restart_supernode(  # pylint: disable=too-many-arguments,too-many-positional-arguments
@@ -418,6 +406,7 @@ class LocalDeployment:
         # Only processes not yet reaped: a reaped PID may belong to someone else now.
         started = [p.pid for p in self._processes.values() if p.poll() is None]
         stop_processes(set(started) | set(self.processes()), grace)
+        stop_all(self.processes, grace)
         for proc in self._processes.values():
             try:
                 proc.wait(timeout=grace)

@@ -16,8 +16,12 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+
+KILL_WAIT = 10.0
+"""Seconds to wait for SIGKILLed processes to be gone (SIGKILL is asynchronous)."""
 
 
 def free_port() -> int:
@@ -64,15 +68,44 @@ def stop_processes(pids: Iterable[int], grace: float = 5.0) -> None:
         except ProcessLookupError:
             continue
     groups.discard(os.getpgrp())
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_WAIT)):
         for group in groups:
             _signal_group(group, sig)
         for pid in pids:
             _signal_pid(pid, sig)
-        if sig == signal.SIGTERM:
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(alive(p) for p in pids):
-                time.sleep(0.1)
+        _wait_until_gone(pids, wait)
+
+
+def stop_all(find: Callable[[], Iterable[int]], grace: float = 5.0, rounds: int = 3) -> None:
+    """:func:`stop_processes` on what ``find()`` lists, until it lists nothing.
+
+    A SuperExec may start a process while the others are being stopped; a
+    second look finds it.
+    """
+    for _ in range(rounds):
+        pids = list(find())
+        if not pids:
+            return
+        stop_processes(pids, grace)
+
+
+def kill_now(pids: Iterable[int], wait: float = 10.0) -> list[int]:
+    """SIGKILL ``pids``, as a crash would, and wait (up to ``wait`` s) until they are gone.
+
+    SIGKILL is asynchronous: a process in uninterruptible sleep (e.g.
+    reading torch's libraries) dies when it leaves it. Returns ``pids``.
+    """
+    pids = list(pids)
+    for pid in pids:
+        _signal_pid(pid, signal.SIGKILL)
+    _wait_until_gone(pids, wait)
+    return pids
+
+
+def _wait_until_gone(pids: list[int], wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:

@@ -60,6 +60,7 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "sign flip x1": {"attack.name": "sign_flip", "attack.boost": 1.0},
     "sign flip x5": {"attack.name": "sign_flip", "attack.boost": 5.0},
     "scaling x10": {"attack.name": "scaling", "attack.scale": 10.0},
+    "model scaling x10": {"attack.name": "model_scaling", "attack.scale": 10.0},
     "Gaussian s=1": {"attack.name": "gaussian", "attack.sigma": 1.0},
     "label flip": {"attack.name": "label_flip", "attack.poison_fraction": 1.0},
     "IPM e=10": {"attack.name": "ipm", "attack.epsilon": 10.0},

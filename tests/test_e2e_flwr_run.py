@@ -8,8 +8,6 @@ module and is stopped, with every process it started, at the end.
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedstale.config import ConfigError
+from fedstale.processes import kill_now
 from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS, WALL_COLUMNS
 from fedstale.resume import load_resume_point
 from fedstale.simulation.launcher import LocalFederation, run_failed
@@ -136,16 +135,14 @@ def test_same_rows_with_two_parallel_ray_workers(federation, default_run):
 
 def _kill_serverapp(fed: LocalFederation) -> list[int]:
     """SIGKILL the process running the ServerApp (``flwr-simulation`` here)."""
-    killed = []
-    for pid in fed.processes():
+    def runs_serverapp(pid: int) -> bool:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            continue
-        if b"flwr-simulation" in cmdline or b"flwr-serverapp" in cmdline:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-    return killed
+            return False
+        return b"flwr-simulation" in cmdline or b"flwr-serverapp" in cmdline
+
+    return kill_now([pid for pid in fed.processes() if runs_serverapp(pid)])
 
 
 def _resume_version(run_dir: Path) -> int:

@@ -183,3 +183,36 @@ def test_a_timeout_is_counted_in_metrics_and_the_client_is_retried(tmp_path):
     assert int(metrics[-1]["failures"]) == 3 and strategy._excluded == {2}
     assert int(metrics[-1]["version"]) == 8
     assert [c for c, _ in watched.checked] == [2, 2, 2] and all(s for _, s in watched.checked)
+
+
+@pytest.mark.parametrize("num_clients", [1, 2])
+def test_a_failing_client_is_retried_after_an_exponential_backoff(tmp_path, num_clients):
+    """comm.retry_backoff b = 0.3 s: client 0's first three tasks fail at once
+    ("Node Unavailable", as from a SuperNode that is down); its retries come
+    ≥ 0.3, 0.6 and (capped at retry_backoff_max) 0.8 s after each failure, so
+    max_retries = 3 is not burnt in milliseconds, and the 4th task is merged. With one client
+    nothing is in flight while it waits: the loop waits instead of stopping."""
+    cfg = config("fedasync", data__num_clients=num_clients, strategy__concurrency=num_clients,
+                 stop__num_updates=40, evaluation__every=20, delay__clock="wall",
+                 comm__max_retries=3, comm__retry_backoff=0.3, comm__retry_backoff_max=0.8)
+    failures_left = {0: 3}
+
+    def app(message, context):
+        if message.metadata.message_type == "train":
+            client = message.content["config"]["client-id"]
+            if failures_left.get(client, 0) > 0:
+                failures_left[client] -= 1
+                return Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
+        return fedstale_client_app(message, context)
+
+    _, strategy, _, metrics, clients = _run(cfg, tmp_path, LocalGrid(app, num_nodes=num_clients))
+    mine = sorted((r for r in clients if r["client_id"] == "0"), key=lambda r: int(r["task_id"]))
+    assert [r["accepted"] for r in mine[:4]] == ["False"] * 3 + ["True"]
+    assert mine[0]["reason"] == "error reply (5): Error: Node Unavailable"
+    # each failure is noticed at arrival_time (wall clock); the retry is sent
+    # after the backoff and fails at once, so the gaps are the backoffs
+    times = [float(r["arrival_time"]) for r in mine[:4]]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6 and gaps[2] >= 0.8, gaps
+    assert 0 not in strategy._excluded
+    assert int(metrics[-1]["failures"]) == 3 and int(metrics[-1]["version"]) == 40

@@ -31,6 +31,7 @@ def final(aggregator: str, attack: tuple[tuple[str, object], ...] = ()) -> dict:
 
 SIGN_FLIP_5 = (("name", "sign_flip"), ("boost", 5.0))
 SCALING_10 = (("name", "scaling"), ("scale", 10.0))
+MODEL_SCALING_10 = (("name", "model_scaling"), ("scale", 10.0))
 BACKDOOR_5 = (("name", "backdoor"), ("boost", 5.0))
 
 
@@ -38,6 +39,12 @@ def test_mean_collapses_under_boosted_sign_flips():
     """FedAvg (the mean) ends below 30% accuracy with 20% sign flippers (×5)."""
     assert final("mean")["accuracy"] >= 0.85
     assert final("mean", SIGN_FLIP_5)["accuracy"] < 0.30
+
+
+def test_mean_collapses_under_model_scaling():
+    """Attackers sending 10·x_local (the whole model scaled, BRIEF §3's
+    "scaling ×10" row) make FedAvg diverge to chance (9.7% here)."""
+    assert final("mean", MODEL_SCALING_10)["accuracy"] < 0.30
 
 
 def test_mean_loses_30_points_under_scaling():
@@ -48,7 +55,11 @@ def test_mean_loses_30_points_under_scaling():
 
 
 @pytest.mark.parametrize("aggregator", ROBUST)
-@pytest.mark.parametrize("attack", [SIGN_FLIP_5, SCALING_10], ids=["sign_flip_x5", "scaling_x10"])
+@pytest.mark.parametrize(
+    "attack",
+    [SIGN_FLIP_5, SCALING_10, MODEL_SCALING_10],
+    ids=["sign_flip_x5", "scaling_x10", "model_scaling_x10"],
+)
 def test_robust_reducers_stay_within_7_points_of_clean(aggregator, attack):
     clean = final(aggregator)["accuracy"]
     attacked = final(aggregator, attack)["accuracy"]

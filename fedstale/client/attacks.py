@@ -23,6 +23,7 @@ name            parameters (config key)        effect
 ==============  =============================  ==========================================
 ``sign_flip``   boost (``attack-boost``)       Δ' = −boost·Δ
 ``scaling``     scale (``attack-scale``)       Δ' = scale·Δ
+``model_scaling`` scale (``attack-scale``)     sends scale·x_local: Δ' = scale·(x_base + Δ) − x_base
 ``gaussian``    sigma (``attack-sigma``)       Δ' ~ N(0, σ²) i.i.d. per coordinate: the
                                                update is *replaced* by noise, as byzfl's
                                                ``Gaussian(mu=0, sigma)`` does; the noise
@@ -88,6 +89,15 @@ class ClientAttack:
         """The flat float64 update to send instead of ``delta`` (``delta`` by default)."""
         return delta
 
+    def poison(self, delta: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """The update to send, given Δ and the model x_base it started from (flat float64).
+
+        Update attacks only need Δ (:meth:`poison_update`); attacks on the
+        whole model override this.
+        """
+        del base
+        return self.poison_update(delta)
+
 
 class SignFlip(ClientAttack):
     """``sign_flip``: Δ' = −boost·Δ."""
@@ -107,6 +117,21 @@ class Scaling(ClientAttack):
     def poison_update(self, delta: np.ndarray) -> np.ndarray:
         """Scale."""
         return self.scale * delta
+
+
+class ModelScaling(ClientAttack):
+    """``model_scaling``: send scale·x_local, i.e. Δ' = scale·(x_base + Δ) − x_base.
+
+    The whole model is multiplied, not only the update (``scaling``): under
+    FedAvg the mean model grows by about 1 + f·(scale − 1) every round and
+    diverges; a norm check or any robust reducer sees it at once.
+    """
+
+    name = "model_scaling"
+
+    def poison(self, delta: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """scale·(x_base + Δ) − x_base."""
+        return self.scale * (base + delta) - base
 
 
 class GaussianNoise(ClientAttack):
@@ -149,7 +174,7 @@ class Backdoor(ClientAttack):
 
 
 CLIENT_ATTACKS: dict[str, type[ClientAttack]] = {
-    cls.name: cls for cls in (SignFlip, Scaling, GaussianNoise, LabelFlip, Backdoor)
+    cls.name: cls for cls in (SignFlip, Scaling, ModelScaling, GaussianNoise, LabelFlip, Backdoor)
 }
 """Registry keyed by ``attack.name`` (the ``attack`` config key)."""
 
@@ -175,7 +200,8 @@ def poison_arrays(attack: ClientAttack, sent: ArrayRecord, returned: ArrayRecord
         return returned
     delta = flat_delta(sent, returned, floats)
     base = {key: sent[key].numpy() for key in floats}
-    poisoned = np.asarray(attack.poison_update(delta), dtype=np.float64)
+    flat_base = np.concatenate([base[key].astype(np.float64).ravel() for key in floats])
+    poisoned = np.asarray(attack.poison(delta, flat_base), dtype=np.float64)
     offset = 0
     for key in floats:
         size = new[key].size

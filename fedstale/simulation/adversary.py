@@ -27,7 +27,7 @@ import torch
 
 from ..strategies.task import ClientUpdate
 
-CLIENT_SIDE = ("label_flip", "gaussian", "sign_flip", "scaling", "backdoor")
+CLIENT_SIDE = ("label_flip", "gaussian", "sign_flip", "scaling", "model_scaling", "backdoor")
 OMNISCIENT = ("alie", "ipm")
 
 

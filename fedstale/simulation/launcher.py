@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..processes import free_port, pids_with_flwr_home, stop_processes
+from ..processes import free_port, pids_with_flwr_home, stop_all
 
 __all__ = ["FlwrRunError", "LocalFederation", "format_run_config", "free_port", "run_failed"]
 
@@ -132,7 +132,7 @@ class LocalFederation:
 
     def stop(self, grace: float = 5.0) -> None:
         """Kill this federation's SuperLink and everything in its process group."""
-        stop_processes(self.processes(), grace)
+        stop_all(self.processes, grace)
         shutil.rmtree(self.ray_tmpdir, ignore_errors=True)
 
 

@@ -24,8 +24,12 @@ rounds of ``send_and_receive``, it keeps ``concurrency`` clients busy with
   are like for like.
 - **Faults.** Error replies, malformed updates and replies later than
   ``timeout`` wall seconds are counted as failures; in async mode the client
-  is dispatched again (up to ``max_retries`` consecutive failures, after which
-  it is left out for the rest of the run). Every message carries a TTL.
+  is dispatched again, at once or after an exponential ``retry_backoff`` (up
+  to ``max_retries`` consecutive failures, after which it is left out for
+  the rest of the run). Every message carries a TTL.
+- **Resume.** :meth:`AsyncStrategy.run_state` is handed to the recorder
+  after new versions; :meth:`start` with ``resume=`` continues from one
+  (see :mod:`fedstale.resume`).
 - **Per node**, at most ``max_inflight_per_node`` messages are in flight (1 by
   default), because Flower's simulation engine runs two messages for one
   node against copies of the same ``Context`` and keeps only the last write
@@ -229,6 +233,13 @@ class AsyncStrategy(Strategy):
         the centralized ``evaluate_fn``).
     max_retries : int (default: 2)
         Consecutive failures after which a client is left out.
+    retry_backoff : tuple[float, float] (default: (0.0, 60.0))
+        (b, b_max): after its k-th consecutive failure a client is
+        dispatched again no sooner than min(b·2^(k−1), b_max) wall seconds
+        later, so a SuperNode that is down (answered at once with "Node
+        Unavailable") does not burn its clients' ``max_retries`` in a few
+        milliseconds. b = 0: at once. Wall time: keep 0 in simulation,
+        where it would make the selection depend on timing.
     message_ttl : float (default: 3600.0)
         Time-to-live of every message, in seconds.
     max_inflight_per_node : int (default: 1)
@@ -280,6 +291,7 @@ class AsyncStrategy(Strategy):
         eval_every: int = 1,
         num_evaluate_clients: int = 0,
         max_retries: int = 2,
+        retry_backoff: tuple[float, float] = (0.0, 60.0),
         message_ttl: float = 3600.0,
         max_inflight_per_node: int = 1,
         push_window: int | None = None,
@@ -308,6 +320,7 @@ class AsyncStrategy(Strategy):
         self.eval_every = max(1, eval_every)
         self.num_evaluate_clients = num_evaluate_clients
         self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
         self.message_ttl = message_ttl
         self.max_inflight_per_node = max_inflight_per_node
         self.push_window = push_window
@@ -585,7 +598,7 @@ class AsyncStrategy(Strategy):
             self._pump(grid)
             task = self.clock.next_due(self._inflight.values())
             if task is None:
-                if not self._inflight:
+                if not self._inflight and not self._backing_off():
                     log_line("no client left to train; stopping", warning=True)
                     break
                 time.sleep(self.poll_interval)
@@ -636,6 +649,7 @@ class AsyncStrategy(Strategy):
         self._busy: set[int] = set()
         self._excluded: set[int] = set()
         self._retry_first: list[int] = []
+        self._retry_at: dict[int, float] = {}
         self._consecutive_failures: dict[int, int] = {}
         self._last_staleness: dict[int, int] = {}
         self._task_index: dict[int, int] = {}
@@ -864,15 +878,27 @@ class AsyncStrategy(Strategy):
         """Pick ``count`` idle clients: clients to retry first, then at random."""
         chosen: list[int] = []
         spent = self._budget_spent()
-        while self._retry_first and len(chosen) < count:
-            client = self._retry_first.pop(0)
+        waiting = self._backing_off()
+        for client in [c for c in self._retry_first if c not in waiting]:
+            if len(chosen) == count:
+                break
+            self._retry_first.remove(client)
             if client not in self._busy and client not in self._excluded | spent:
                 chosen.append(client)
-        idle = sorted(self._clients - self._busy - self._excluded - spent - set(chosen))
+        idle = sorted(
+            self._clients - self._busy - self._excluded - spent - set(chosen) - waiting
+        )
         extra = min(count - len(chosen), len(idle))
         if extra > 0:
             chosen += [int(c) for c in self._rng.choice(idle, size=extra, replace=False)]
         return chosen
+
+    def _backing_off(self) -> set[int]:
+        """Failed clients whose retry backoff has not elapsed yet."""
+        now = time.monotonic()
+        for client in [c for c, at in self._retry_at.items() if at <= now]:
+            del self._retry_at[client]
+        return set(self._retry_at)
 
     def _new_task(self, client_id: int, version: int, config: ConfigRecord) -> Task:
         index = self._task_index.get(client_id, 0)
@@ -1134,6 +1160,10 @@ class AsyncStrategy(Strategy):
             )
         elif self.mode == "async":
             self._retry_first.append(task.client_id)
+            base, longest = self.retry_backoff
+            if base > 0:
+                wait = min(base * 2 ** (count - 1), longest)
+                self._retry_at[task.client_id] = time.monotonic() + wait
 
     def _trust_of(self, client_id: int) -> float | str:
         return "" if self.trust is None else self.trust.trust(client_id)
