@@ -89,7 +89,9 @@ def _arrays(reply: Message) -> dict[str, np.ndarray]:
 
 
 def test_registries():
-    assert list(CLIENT_ATTACKS) == ["sign_flip", "scaling", "gaussian", "label_flip", "backdoor"]
+    assert list(CLIENT_ATTACKS) == [
+        "sign_flip", "scaling", "model_scaling", "gaussian", "label_flip", "backdoor"
+    ]
     assert OMNISCIENT_ATTACKS == {"alie": ALittleIsEnough, "ipm": InnerProductManipulation}
 
 
@@ -102,6 +104,8 @@ def test_registries():
          [[-2.0, -3.0, -4.0], [-5.0, -6.0, -7.0]], -7.0),
         ({"attack": "sign_flip"}, [[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]], -1.0),
         ({"attack": "scaling", "attack-scale": 3.0}, [[3.0, 7.0, 11.0], [15.0, 19.0, 23.0]], 23.0),
+        # the whole returned model ×3: x_local_w = [[1,3,5],[7,9,11]], x_local_b = 11
+        ({"attack": "model_scaling", "attack-scale": 3.0}, [[3.0, 9.0, 15.0], [21.0, 27.0, 33.0]], 33.0),
         ({"attack": "backdoor", "attack-boost": 5.0}, [[5.0, 11.0, 17.0], [23.0, 29.0, 35.0]], 35.0),
         ({"attack": "label_flip"}, [[1.0, 3.0, 5.0], [7.0, 9.0, 11.0]], 11.0),
     ],
@@ -193,8 +197,8 @@ def test_error_replies_pass_through():
 def test_unknown_attack_is_an_error_reply_naming_the_attacks():
     _, reply = _send({"seed": 1, "attack": "meteor"}, train_mods=[attack_mod])
     assert reply.has_error()
-    assert ("ValueError: unknown attack 'meteor'; accepted: sign_flip, scaling, gaussian, "
-            "label_flip, backdoor") in reply.error.reason
+    assert ("ValueError: unknown attack 'meteor'; accepted: sign_flip, scaling, model_scaling, "
+            "gaussian, label_flip, backdoor") in reply.error.reason
     assert Affine.configs == []  # the client never trained
 
 
