@@ -127,7 +127,7 @@ class ClientConfig:
     num_threads: int = _f(1, "torch threads per ClientApp process (0: torch's default)", ge=0)
     mixed_precision: str = _f(
         "none",
-        "local training's autocast: none (float32), bf16 (bfloat16), fp16 (float16 + GradScaler); on CUDA and CPU; weights and updates stay float32",
+        "local training's autocast: none (float32), bf16 (bfloat16; CPU or Ampere+ GPU), fp16 (float16 + GradScaler; CUDA only); a client whose device lacks it trains in float32; weights and updates stay float32",
         choices=("none", "bf16", "fp16"),
     )
 
