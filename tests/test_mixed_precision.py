@@ -43,6 +43,17 @@ FLOOR = 0.88
 """Digits test accuracy after 3 epochs here: cnn 0.903 (float32), 0.917 (bf16)."""
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One thread, as a ClientApp uses (client.num_threads): on 2 shared cores two
+    threads made the bf16 update 10-50x slower than one."""
+    threads, pinned = torch.get_num_threads(), list(torch_client_module._THREADS_SET)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch_client_module._THREADS_SET[:] = pinned  # what set_torch_threads believes
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_split("digits", 0.2, 0)
@@ -71,7 +82,9 @@ def _train_digits(digits, mode: str, name: str = "cnn") -> tuple[nn.Module, list
 def test_precision_decisions_for_cuda_and_cpu():
     assert precision_for("none", CUDA) == Precision("cuda", None, grad_scaler=False)
     assert precision_for("none", CPU) == Precision("cpu", None, grad_scaler=False)
-    assert precision_for("bf16", CUDA, bf16_supported=True) == Precision("cuda", torch.bfloat16, False)
+    assert precision_for("bf16", CUDA, bf16_supported=True) == Precision(
+        "cuda", torch.bfloat16, grad_scaler=False
+    )
     assert precision_for("bf16", CPU) == Precision("cpu", torch.bfloat16, grad_scaler=False)
     assert precision_for("fp16", CUDA) == Precision("cuda", torch.float16, grad_scaler=True)
     assert precision_for("fp16", CPU) == Precision("cpu", None, False, fallback=FP16_ON_CPU)
@@ -185,7 +198,9 @@ def test_bf16_autocast_runs_on_cpu_learns_and_keeps_float32_weights(digits):
 
 def test_fp16_on_cpu_trains_in_float32_and_warns_once(monkeypatch, digits):
     logged = []
-    monkeypatch.setattr(training_module, "log_line", lambda text, warning: logged.append((text, warning)))
+    monkeypatch.setattr(
+        training_module, "log_line", lambda text, warning: logged.append((text, warning))
+    )
     training_module.warn_fallback.cache_clear()
     try:
         fp16, dtypes = _train_digits(digits, "fp16", name="mlp")
@@ -240,7 +255,9 @@ def test_fedbuff_run_with_bf16_clients_learns_digits():
     """The whole loop (ClientApp, bridge, TorchClient) with bf16 local training:
     0.931 after 80 versions here (float32: 0.944), floor as tests/test_event_loop.py."""
     result, _, recorder = run(
-        config("default", client__mixed_precision="bf16", stop__num_updates=80, evaluation__every=80)
+        config(
+            "default", client__mixed_precision="bf16", stop__num_updates=80, evaluation__every=80
+        )
     )
     assert len(recorder.updates) == 400
     assert result.evaluate_metrics_serverapp[80]["accuracy"] >= 0.85
