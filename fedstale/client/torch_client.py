@@ -92,8 +92,9 @@ def partition_tensors(  # pylint: disable=too-many-arguments,too-many-positional
 
     With ``pin`` (a CUDA device, :func:`~fedstale.client.training.pin_host_memory`)
     they are pinned once here, so every later update copies them to the GPU
-    asynchronously. Partitions are disjoint, so the cache holds at most one
-    extra copy of the training set per process (page-locked when pinned).
+    asynchronously. Partitions are disjoint, so for one dataset and
+    partitioning the cache holds at most one extra copy of the training set
+    per process (page-locked when pinned).
     """
     x, y = load_client_data(dataset, test_fraction, spec, client_id, server_val_size, path)
     tensors = torch.from_numpy(x), torch.from_numpy(y)
