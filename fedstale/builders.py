@@ -224,6 +224,7 @@ def train_config(config: Config) -> ConfigRecord:
             "optimizer": c.optimizer,
             "patience": c.patience,
             "num-threads": c.num_threads,
+            "mixed-precision": c.mixed_precision,
             "server-val-size": d.server_val_size,
             **compression_directives(config),
         }

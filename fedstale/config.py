@@ -128,6 +128,11 @@ class ClientConfig:
     )
     patience: int = _f(0, "early stopping: epochs without lower loss before stopping (0: off)", ge=0)
     num_threads: int = _f(1, "torch threads per ClientApp process (0: torch's default)", ge=0)
+    mixed_precision: str = _f(
+        "none",
+        "local training's autocast: none (float32), bf16 (bfloat16; CPU or Ampere+ GPU), fp16 (float16 + GradScaler; CUDA only); a client whose device lacks it trains in float32; weights and updates stay float32",
+        choices=("none", "bf16", "fp16"),
+    )
 
 
 @dataclass
@@ -680,6 +685,12 @@ def _privacy_checks(config: Config) -> list[str]:
             problems.append(
                 "privacy.local.max_participations: target_epsilon is a budget over a "
                 "known number of local updates; set max_participations (e.g. 10)"
+            )
+        if config.client.mixed_precision != "none":
+            problems.append(
+                f"client.mixed_precision: '{config.client.mixed_precision}' cannot be used "
+                "with privacy.local (DP-SGD clips per-example gradients to C in float32); "
+                "set client.mixed_precision: none"
             )
         if config.model.name == "resnet18":
             problems.append(

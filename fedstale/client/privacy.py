@@ -43,7 +43,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .training import TrainResult, TrainSettings, make_optimizer
+from .training import Array, TrainResult, TrainSettings, as_tensor, make_optimizer, to_device
 
 STATE_KEY = "dp-accountant"
 """Key of the accountant's ConfigRecord in the client's ``Context.state``."""
@@ -284,6 +284,32 @@ def _noise_for_target(
     )
 
 
+def check_full_precision(settings: TrainSettings) -> None:
+    """Refuse mixed precision with DP-SGD (``mixed-precision`` must be ``none``).
+
+    The guarantee rests on every per-example gradient being clipped to norm
+    C before noise of scale z·C is added. With ``fp16`` the GradScaler
+    multiplies every per-example gradient by its loss scale before Opacus
+    clips them, and skips a step when the gradients overflow: clipping no
+    longer acts on the true gradients, and the skip is a data-dependent
+    decision the accountant does not see. With ``bf16`` Opacus computes the
+    per-example gradients, and their norms, in bfloat16 (8-bit mantissa), so
+    the clipping factor carries that rounding (~0.4 %) and a clipped
+    gradient may exceed C. DP-SGD therefore stays float32.
+
+    Raises
+    ------
+    ValueError
+        Naming ``mixed-precision`` and the config field that fixes it.
+    """
+    if settings.mixed_precision != "none":
+        raise ValueError(
+            f"mixed-precision '{settings.mixed_precision}' cannot be used with dp-sgd: "
+            "per-example clipping to C needs float32 gradients; set "
+            "client.mixed_precision: none with privacy.local.enabled"
+        )
+
+
 def _run_epochs(  # pylint: disable=too-many-arguments,too-many-positional-arguments
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -304,7 +330,7 @@ def _run_epochs(  # pylint: disable=too-many-arguments,too-many-positional-argum
     for _ in range(epochs):
         total, count = 0.0, 0
         for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
+            inputs, targets = to_device(inputs, device), to_device(targets, device)
             if augment is not None and len(inputs):
                 inputs = augment(inputs, generator)
             optimizer.zero_grad()
@@ -320,8 +346,8 @@ def _run_epochs(  # pylint: disable=too-many-arguments,too-many-positional-argum
 
 def train_dp(  # pylint: disable=too-many-arguments,too-many-locals
     model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
+    x: Array,
+    y: Array,
     settings: TrainSettings,
     dp: DpSettings,
     state: AccountantState,
@@ -342,7 +368,11 @@ def train_dp(  # pylint: disable=too-many-arguments,too-many-locals
     ------
     PrivacyBudgetSpent
         When ``state`` already holds ``dp.max_participations`` updates.
+    ValueError
+        When ``settings.mixed_precision`` is not ``none`` (see
+        :func:`check_full_precision`).
     """
+    check_full_precision(settings)
     if dp.max_participations > 0 and state.participations >= dp.max_participations:
         raise PrivacyBudgetSpent(
             f"privacy budget spent: this client ran {state.participations} DP-SGD updates, "
@@ -355,7 +385,7 @@ def train_dp(  # pylint: disable=too-many-arguments,too-many-locals
     data_generator = torch.Generator().manual_seed(settings.seed)
     noise_generator = torch.Generator(device=device).manual_seed(settings.seed + 1)
     loader = DataLoader(
-        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        TensorDataset(as_tensor(x), as_tensor(y)),
         batch_size=settings.batch_size,
         generator=data_generator,
     )

@@ -21,7 +21,7 @@ from ..data import IMAGE_DATASETS, DatasetSpec, PartitionSpec, SplitData, load_c
 from ..data.augment import AUGMENTATIONS
 from ..data.backdoor import poison_examples
 from ..models import build_model
-from .training import TrainSettings, evaluate, pick_device, train
+from .training import TrainSettings, evaluate, pick_device, pin_host_memory, train
 
 _THREADS_SET: list[int] = []
 
@@ -64,6 +64,7 @@ def train_settings_from(config: Mapping[str, Any]) -> TrainSettings:
         optimizer=str(config.get("optimizer", "sgd")),
         patience=int(config.get("patience", 0)),
         seed=int(config.get("seed", 0)),
+        mixed_precision=str(config.get("mixed-precision", "none")),
     )
 
 
@@ -75,6 +76,31 @@ def split_from(config: Mapping[str, Any]) -> SplitData:
         int(config.get("data-seed", 0)),
         path=str(config.get("data-path", "")),
     )
+
+
+@lru_cache(maxsize=1024)
+def partition_tensors(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    dataset: str,
+    test_fraction: float,
+    spec: PartitionSpec,
+    client_id: int,
+    server_val_size: int,
+    path: str,
+    pin: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A client's (x, y) training tensors, built once per process and partition.
+
+    With ``pin`` (a CUDA device, :func:`~fedstale.client.training.pin_host_memory`)
+    they are pinned once here, so every later update copies them to the GPU
+    asynchronously. Partitions are disjoint, so for one dataset and
+    partitioning the cache holds at most one extra copy of the training set
+    per process (page-locked when pinned).
+    """
+    x, y = load_client_data(dataset, test_fraction, spec, client_id, server_val_size, path)
+    tensors = torch.from_numpy(x), torch.from_numpy(y)
+    if pin:
+        tensors = tensors[0].pin_memory(), tensors[1].pin_memory()
+    return tensors
 
 
 @lru_cache(maxsize=4)
@@ -113,27 +139,32 @@ class TorchClient(NumPyClient):
         self.state = state
         self.device = pick_device()
 
-    def _data(self, config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        return load_client_data(
+    def _data(self, config: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This client's cached (x, y) tensors (pinned when training on CUDA)."""
+        return partition_tensors(
             str(config.get("dataset", "digits")),
             float(config.get("test-fraction", 0.2)),
             partition_spec_from(config, self.num_partitions),
             self.client_id,
             int(config.get("server-val-size", 0)),
             str(config.get("data-path", "")),
+            pin_host_memory(self.device),
         )
 
-    def _training_data(self, config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _training_data(
+        self, config: Mapping[str, Any]
+    ) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:
         """The client's data, poisoned on a copy when an attack asked for it.
 
         :func:`fedstale.client.attacks.attack_mod` adds the directives
         (``poison-label-flip`` or ``poison-backdoor-*``); the poisoned
-        examples are drawn with the message ``seed``. The cached arrays are
-        never modified.
+        examples are drawn with the message ``seed``. The cached tensors are
+        never modified; a poisoned copy is a one-off, so it is not pinned.
         """
         x, y = self._data(config)
         if "poison-label-flip" not in config and "poison-backdoor-target" not in config:
             return x, y
+        x, y = x.numpy(), y.numpy()
         seed = int(config.get("seed", 0))
         if "poison-label-flip" in config:
             num_classes = split_from(config).spec.num_classes
