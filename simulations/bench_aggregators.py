@@ -225,6 +225,12 @@ def main() -> None:
         f"[bench] n={n} updates x d={d:,} float32 parameters; torch threads "
         f"{torch.get_num_threads()}; ratio = fastest reference / fedstale"
     )
+    from fedstale.aggregation import kernels  # pylint: disable=import-outside-toplevel
+
+    print(
+        "[bench] fedstale trimmed_mean: "
+        + ("compiled kernel (Numba)" if kernels.available() else "sort (Numba not installed: pip install -e '.[fast]')")
+    )
     print(f"{'aggregator':<24}{'fedstale s':>12}  {'reference':<24}{'reference s':>12}{'ratio':>8}")
     ratios: dict[str, float] = {}
     cases = _cases(n)  # imports Flower, which sets up its logger

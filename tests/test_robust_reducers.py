@@ -240,7 +240,7 @@ def _sorted_trimmed_mean(stack: torch.Tensor, cut: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("n", "d", "cut"),
-    [(3, 5, 1), (13, 700, 2), (50, 2 * 512 + 37, 5), (20, 3000, 8)],
+    [(3, 5, 1), (13, 700, 2), (50, 2 * 512 + 37, 5), (20, 3000, 8), (25, 600, 12)],
 )
 def test_trimmed_mean_kernel_keeps_the_same_values_as_the_sort(n, d, cut):
     """Odd sizes (partial blocks, several threads' ranges), ties, float64."""
@@ -262,8 +262,8 @@ def test_trimmed_mean_kernel_keeps_the_same_values_as_the_sort(n, d, cut):
 def test_trimmed_mean_kernel_refuses_a_cut_it_does_not_handle():
     from fedstale.aggregation import kernels
 
-    with pytest.raises(ValueError, match=r"cut must be in \[1, 8\] and 2·cut < n"):
-        kernels.trimmed_mean(_stack(10, 4, 0), 9)
+    with pytest.raises(ValueError, match=r"cut must be in \[1, 12\] and 2·cut < n"):
+        kernels.trimmed_mean(_stack(30, 4, 0), 13)
     with pytest.raises(ValueError, match="2·cut < n"):
         kernels.trimmed_mean(_stack(10, 4, 0), 5)
 

@@ -41,9 +41,10 @@ except ImportError:  # pragma: no cover
 BLOCK = 512
 """Coordinates per block: the 2f + 3 registers of a block stay in L1/L2."""
 
-MAX_CUT = 8
-"""Largest f the kernel takes: its work grows as n·f, a sort's as n·log n
-(measured: the sort is faster from about f = 12 at n = 50)."""
+MAX_CUT = 12
+"""Largest f the kernel takes: its work grows as n·f, a sort's as n·log n.
+Measured on one thread, 50 × 200,000 float32 (the sort: 0.040 s): f = 5
+0.014 s, f = 8 0.020 s, f = 12 0.031 s, f = 16 0.039 s, f = 24 0.059 s."""
 
 
 def available() -> bool:
@@ -104,7 +105,10 @@ def _kernel():
     """The Numba-compiled kernel (compiled once, at first use)."""
     global _compiled  # pylint: disable=global-statement
     if _compiled is None:
-        _compiled = numba.njit(nogil=True, cache=True)(_trimmed_means_python)
+        try:
+            _compiled = numba.njit(nogil=True, cache=True)(_trimmed_means_python)
+        except RuntimeError:  # no writable cache location (read-only install): compile per process
+            _compiled = numba.njit(nogil=True)(_trimmed_means_python)
     return _compiled
 
 
