@@ -139,8 +139,9 @@ def trimmed_mean(updates: torch.Tensor, cut: int) -> torch.Tensor:
     if threads == 1:
         kernel(x, cut, 0, d, out)
         return torch.from_numpy(out)
-    # Ranges aligned to whole blocks, one per thread (the kernel releases the GIL).
-    step = -(-d // (threads * BLOCK)) * BLOCK
+    # Ranges of whole blocks, four per thread (the kernel releases the GIL): a
+    # thread slowed by another process leaves its remaining ranges to the others.
+    step = -(-d // (4 * threads * BLOCK)) * BLOCK
     with ThreadPoolExecutor(threads) as pool:
         jobs = [pool.submit(kernel, x, cut, s, min(s + step, d), out) for s in range(0, d, step)]
         for job in jobs:
