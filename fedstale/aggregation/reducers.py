@@ -168,11 +168,11 @@ def _use_kernel(updates: torch.Tensor, cut: int) -> bool:
     :data:`fedstale.aggregation.kernels.MAX_CUT` (past it, sorting is faster).
     """
     return (
-        kernels.available()
+        updates.numel() >= KERNEL_MIN_VALUES
+        and cut <= kernels.MAX_CUT
         and updates.device.type == "cpu"
         and updates.dtype in (torch.float32, torch.float64)
-        and updates.numel() >= KERNEL_MIN_VALUES
-        and cut <= kernels.MAX_CUT
+        and kernels.available()
     )
 
 
