@@ -328,3 +328,14 @@ def test_clip_and_bucketing_on_a_larger_stack_match_byzfl():
     expected = torch.stack([stack[order[i : i + 2]].mean(0) for i in range(0, 9, 2)])
     _close(means.flatten(), expected.flatten())
     assert weights.tolist() == pytest.approx([float((order[i : i + 2] + 1.0).mean()) for i in range(0, 9, 2)])
+
+
+def test_importing_the_aggregation_package_does_not_import_numba():
+    """Numba is imported when the trimmed-mean kernel is first compiled, not by
+    every process that imports fedstale (ClientApps never aggregate)."""
+    import subprocess
+    import sys
+
+    code = "import sys, fedstale.aggregation; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
