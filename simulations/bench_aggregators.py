@@ -35,6 +35,9 @@ each the minimum of ``--repeats`` calls after one untimed warm-up call (a
 single call when one takes over 10 s). Results are checked to agree (1e-4
 relative), so no side is timed doing less work.
 
+fedstale's ``trimmed_mean`` runs its compiled kernel when Numba is installed
+(the ``fast`` extra) and sorts otherwise; the second line says which.
+
 Threads: torch and NumPy use their defaults on this machine (printed); the
 ratios are for one run on one machine. Target: ≥ 2× for each reducer. The
 last line prints the smallest ratio.

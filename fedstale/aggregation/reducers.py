@@ -30,7 +30,8 @@ YAML name             rule                                                  matc
 Everything is vectorised on torch tensors (pairwise distances through one
 Gram matrix, distances to a point by blocks of coordinates, coordinate-wise
 order statistics from one sort of the stack, done by NumPy's SIMD sort on
-CPU).
+CPU; the trimmed mean of a large stack skips the sort through the compiled
+kernel of :mod:`fedstale.aggregation.kernels` when Numba is installed).
 Krum-type rules score in float64 so that near ties rank as in the
 references.
 """
