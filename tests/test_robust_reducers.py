@@ -230,3 +230,112 @@ def test_distances_to_over_several_blocks_matches_the_direct_norm():
     point = stack.mean(dim=0)
     direct = torch.linalg.vector_norm((stack - point).double(), dim=1)
     torch.testing.assert_close(reducers.distances_to(stack, point), direct, rtol=1e-6, atol=0)
+
+
+def _sorted_trimmed_mean(stack: torch.Tensor, cut: int) -> torch.Tensor:
+    """The reference definition: sort each coordinate, average the middle."""
+    n = len(stack)
+    return torch.sort(stack.double(), dim=0).values[cut : n - cut].mean(dim=0)
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "cut"),
+    [(3, 5, 1), (13, 700, 2), (50, 2 * 512 + 37, 5), (20, 3000, 8), (25, 600, 12)],
+)
+def test_trimmed_mean_kernel_keeps_the_same_values_as_the_sort(n, d, cut):
+    """Odd sizes (partial blocks, several threads' ranges), ties, float64."""
+    from fedstale.aggregation import kernels
+
+    stack = _stack(n, d, seed=n + d)
+    before = stack.clone()
+    _close(kernels.trimmed_mean(stack, cut), _sorted_trimmed_mean(stack, cut).numpy())
+    assert torch.equal(stack, before)
+    # Heavy ties: values in {0, 1, 2}, so kept and dropped values coincide.
+    ties = torch.from_numpy(np.random.default_rng(d).integers(0, 3, size=(n, d)).astype(np.float32))
+    _close(kernels.trimmed_mean(ties, cut), _sorted_trimmed_mean(ties, cut).numpy())
+    wide = stack.double() * 1e3
+    out = kernels.trimmed_mean(wide, cut)
+    assert out.dtype == torch.float64
+    np.testing.assert_allclose(out.numpy(), _sorted_trimmed_mean(wide, cut).numpy(), rtol=1e-12, atol=1e-9)
+
+
+def test_trimmed_mean_kernel_refuses_a_cut_it_does_not_handle():
+    from fedstale.aggregation import kernels
+
+    with pytest.raises(ValueError, match=r"cut must be in \[1, 12\] and 2·cut < n"):
+        kernels.trimmed_mean(_stack(30, 4, 0), 13)
+    with pytest.raises(ValueError, match="2·cut < n"):
+        kernels.trimmed_mean(_stack(10, 4, 0), 5)
+
+
+def test_large_trimmed_mean_goes_through_the_kernel_and_matches_flower_and_byzfl(monkeypatch):
+    """A stack above KERNEL_MIN_VALUES takes the kernel; same numbers as both
+    references and as the sorting path."""
+    from fedstale.aggregation import kernels, reducers
+
+    n, d, beta = 20, reducers.KERNEL_MIN_VALUES // 20 + 3, 0.2
+    stack = _stack(n, d, seed=4)
+    calls = []
+    real = kernels.trimmed_mean
+    monkeypatch.setattr(kernels, "trimmed_mean", lambda u, cut: calls.append(cut) or real(u, cut))
+    ours = TrimmedMean(beta=beta)(stack, _ones(n))
+    assert calls == [4]
+    _close(ours, ByzTrMean(f=4)(stack.numpy()))
+    _close(ours, trim_mean(stack.numpy(), beta))
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    sorted_path = TrimmedMean(beta=beta)(stack, _ones(n))
+    assert calls == [4]
+    _close(ours, sorted_path.numpy())
+
+
+def test_trimmed_mean_with_non_finite_values_falls_back_to_the_sort():
+    """An infinite value (trimmed away) makes the kernel's total NaN: the
+    reducer then sorts, as the references do."""
+    from fedstale.aggregation import reducers
+
+    n, d = 10, reducers.KERNEL_MIN_VALUES // 10
+    stack = _stack(n, d, seed=5)
+    stack[3, 7] = float("inf")
+    stack[6, 9] = -float("inf")
+    ours = TrimmedMean(beta=0.1)(stack, _ones(n))
+    assert bool(torch.isfinite(ours).all())
+    _close(ours, ByzTrMean(f=1)(stack.numpy()))
+
+
+def test_stages_and_pipelines_leave_the_callers_stack_alone():
+    """FedBuff scores the same deltas after aggregating: no stage writes
+    into its input, and the pipeline (which no longer copies a buffer
+    without weight-0 rows) hands the caller's tensor to the stages."""
+    stack = _stack(12, 40, seed=6) * 5
+    before = stack.clone()
+    clipped, _ = Clip(max_norm=1.0)(stack, _ones(12))
+    assert clipped.data_ptr() != stack.data_ptr()
+    np.testing.assert_allclose(torch.linalg.vector_norm(clipped, dim=1).numpy(), 1.0, rtol=1e-6)
+    means, _ = Bucketing(bucket_size=3, seed=1)(stack, _ones(12))
+    assert means.shape == (4, 40)
+    for spec in ("clip>trimmed_mean", "clip>bucketing>median", "nnm>clip>mean"):
+        make_aggregator(spec, clip_norm=1.0, f=1, beta=0.2)(stack, _ones(12))
+    assert torch.equal(stack, before)
+
+
+def test_clip_and_bucketing_on_a_larger_stack_match_byzfl():
+    """The stages write into NumPy-allocated stacks: same values as byzfl."""
+    stack = _stack(9, 5000, seed=7)
+    clipped, _ = Clip(max_norm=3.0)(stack, _ones(9))
+    _close(clipped.flatten(), ByzClipping(c=3.0)(stack.clone().numpy()).flatten())
+    means, weights = Bucketing(bucket_size=2, seed=3)(stack, torch.arange(1.0, 10.0))
+    order = torch.randperm(9, generator=torch.Generator().manual_seed(3))
+    expected = torch.stack([stack[order[i : i + 2]].mean(0) for i in range(0, 9, 2)])
+    _close(means.flatten(), expected.flatten())
+    assert weights.tolist() == pytest.approx([float((order[i : i + 2] + 1.0).mean()) for i in range(0, 9, 2)])
+
+
+def test_importing_the_aggregation_package_does_not_import_numba():
+    """Numba is imported when the trimmed-mean kernel is first compiled, not by
+    every process that imports fedstale (ClientApps never aggregate)."""
+    import subprocess
+    import sys
+
+    code = "import sys, fedstale.aggregation; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"

@@ -65,9 +65,15 @@ class Pipeline(Reducer):
         self.name = ">".join([s.name for s in stages] + [reducer.name])
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Drop weight-0 rows, run the stages, then the reducer."""
+        """Drop weight-0 rows, run the stages, then the reducer.
+
+        ``updates`` is never written to: every stage returns a new stack
+        (FedBuff scores the same deltas after aggregating), so it is only
+        copied when rows must be dropped.
+        """
         keep = weights > 0
-        updates, weights = updates[keep], weights[keep]
+        if not bool(keep.all()):
+            updates, weights = updates[keep], weights[keep]
         if len(updates) < self.required_updates():
             raise ValueError(
                 f"{self.name} needs at least {self.required_updates()} updates, got {len(updates)}"

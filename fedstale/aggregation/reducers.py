@@ -30,7 +30,8 @@ YAML name             rule                                                  matc
 Everything is vectorised on torch tensors (pairwise distances through one
 Gram matrix, distances to a point by blocks of coordinates, coordinate-wise
 order statistics from one sort of the stack, done by NumPy's SIMD sort on
-CPU).
+CPU; the trimmed mean of a large stack skips the sort through the compiled
+kernel of :mod:`fedstale.aggregation.kernels` when Numba is installed).
 Krum-type rules score in float64 so that near ties rank as in the
 references.
 """
@@ -41,6 +42,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+
+from . import kernels
 
 
 class Reducer(ABC):
@@ -123,6 +126,12 @@ class TrimmedMean(Reducer):
     beta : float
         Share trimmed at each end, 0 ≤ β < 0.5; ⌊β·n⌋ values are dropped on
         each side.
+
+    Notes
+    -----
+    On CPU, with Numba installed, large stacks with a small cut go through
+    :func:`fedstale.aggregation.kernels.trimmed_mean` (one pass, no sort;
+    the same kept values); otherwise each coordinate is sorted.
     """
 
     name = "trimmed_mean"
@@ -138,8 +147,34 @@ class TrimmedMean(Reducer):
         cut = int(self.beta * n)
         if cut == 0:
             return updates.mean(dim=0)
+        if _use_kernel(updates, cut):
+            trimmed = kernels.trimmed_mean(updates, cut)
+            if bool(torch.isfinite(trimmed).all()):
+                return trimmed
         ordered = _sorted_columns(updates)
         return ordered[cut : n - cut].mean(dim=0)
+
+
+KERNEL_MIN_VALUES = 1 << 18
+"""Smallest stack (n·d values) the compiled trimmed-mean kernel is used for;
+below it the sort takes well under a millisecond and the kernel is not
+compiled."""
+
+
+def _use_kernel(updates: torch.Tensor, cut: int) -> bool:
+    """Whether :func:`fedstale.aggregation.kernels.trimmed_mean` applies.
+
+    It needs Numba, a CPU float32/float64 stack of at least
+    :data:`KERNEL_MIN_VALUES` values and a cut of at most
+    :data:`fedstale.aggregation.kernels.MAX_CUT` (past it, sorting is faster).
+    """
+    return (
+        updates.numel() >= KERNEL_MIN_VALUES
+        and cut <= kernels.MAX_CUT
+        and updates.device.type == "cpu"
+        and updates.dtype in (torch.float32, torch.float64)
+        and kernels.available()
+    )
 
 
 def squared_distances(updates: torch.Tensor) -> torch.Tensor:
