@@ -29,7 +29,7 @@ tensor; Flower a list of reply ``Message``s whose ArrayRecord holds the
 update as 4 arrays of d/4 values (the call a Flower ``ServerApp`` makes;
 building the messages is not timed); byzfl both a ``[n, d]`` NumPy array and
 a torch tensor (it accepts either), keeping the faster, each a fresh copy per
-call (byzfl's ``Clipping`` rescales its input in place; copying is not timed). A reducer's ratio is
+call (byzfl's ``Clipping`` and fedstale's ``clip`` rescale their input in place; copying is not timed). A reducer's ratio is
 **the fastest reference's time ÷ fedstale's time** (> 1: fedstale is faster),
 each the minimum of ``--repeats`` calls after one untimed warm-up call (a
 single call when one takes over 10 s). Results are checked to agree (1e-4
@@ -244,7 +244,8 @@ def main() -> None:
             ratios[name] = ref_s / ours_s
             print(f"{name:<24}{ours_s:>12.4f}  {'byzfl Bucketing':<24}{ref_s:>12.4f}{ratios[name]:>7.1f}x")
             continue
-        ours_s, ours_out = _timed(lambda _: ours(stack, weights), args.repeats)
+        # a fresh copy per call, as for byzfl: clip rescales its input in place
+        ours_s, ours_out = _timed(lambda s: ours(s, weights), args.repeats, stack.clone)
         expected = _flat(ours_out)
         best_name, best_s = "", float("inf")
         for ref_name, call in references.items():

@@ -142,7 +142,7 @@ def test_centered_clipping_matches_byzfl_across_calls_and_resets():
 
 def test_clip_and_nnm_match_byzfl():
     stack = _stack(10, 12, 7)
-    clipped, weights = Clip(max_norm=2.0)(stack, _ones(10))
+    clipped, weights = Clip(max_norm=2.0)(stack.clone(), _ones(10))  # clip rescales in place
     _close(clipped.flatten(), ByzClipping(c=2.0)(stack.clone().numpy()).flatten())
     assert torch.equal(weights, _ones(10))
     mixed, _ = NearestNeighbourMixing(f=3)(stack, _ones(10))
@@ -201,8 +201,10 @@ def test_pipeline_parsing_and_parameters():
     assert pipeline.stages[0].max_norm == 1.5 and pipeline.stages[1].f == 2
     assert pipeline.reducer.beta == 0.2
     stack = _stack(10, 6, 9)
-    expected = TrimmedMean(beta=0.2)(*NearestNeighbourMixing(f=2)(*Clip(max_norm=1.5)(stack, _ones(10))))
-    _close(pipeline(stack, _ones(10)), expected.numpy())
+    expected = TrimmedMean(beta=0.2)(
+        *NearestNeighbourMixing(f=2)(*Clip(max_norm=1.5)(stack.clone(), _ones(10)))
+    )
+    _close(pipeline(stack.clone(), _ones(10)), expected.numpy())
     with pytest.raises(ValueError, match="'median' is not a pre-aggregator"):
         parse_aggregator("median>mean")
     with pytest.raises(ValueError, match="'clip' is not a reducer"):
@@ -302,26 +304,47 @@ def test_trimmed_mean_with_non_finite_values_falls_back_to_the_sort():
     _close(ours, ByzTrMean(f=1)(stack.numpy()))
 
 
-def test_stages_and_pipelines_leave_the_callers_stack_alone():
-    """FedBuff scores the same deltas after aggregating: no stage writes
-    into its input, and the pipeline (which no longer copies a buffer
-    without weight-0 rows) hands the caller's tensor to the stages."""
+def test_clip_rescales_in_place_and_other_stages_write_a_new_stack():
+    """clip owns its stack and rescales the rows above c in place (as byzfl's
+    Clipping); rows within c are not touched; nnm and bucketing leave their
+    input alone; a pipeline hands the caller's tensor to its stages."""
     stack = _stack(12, 40, seed=6) * 5
-    before = stack.clone()
+    stack[3] /= 100.0  # one row already within the bound
+    small = stack[3].clone()
     clipped, _ = Clip(max_norm=1.0)(stack, _ones(12))
-    assert clipped.data_ptr() != stack.data_ptr()
-    np.testing.assert_allclose(torch.linalg.vector_norm(clipped, dim=1).numpy(), 1.0, rtol=1e-6)
-    means, _ = Bucketing(bucket_size=3, seed=1)(stack, _ones(12))
-    assert means.shape == (4, 40)
-    for spec in ("clip>trimmed_mean", "clip>bucketing>median", "nnm>clip>mean"):
-        make_aggregator(spec, clip_norm=1.0, f=1, beta=0.2)(stack, _ones(12))
-    assert torch.equal(stack, before)
+    assert clipped.data_ptr() == stack.data_ptr()
+    norms = torch.linalg.vector_norm(clipped, dim=1).numpy()
+    np.testing.assert_allclose(np.delete(norms, 3), 1.0, rtol=1e-6)
+    assert torch.equal(clipped[3], small)
+    fresh = _stack(12, 40, seed=6)
+    before = fresh.clone()
+    means, _ = Bucketing(bucket_size=3, seed=1)(fresh, _ones(12))
+    mixed, _ = NearestNeighbourMixing(f=1)(fresh, _ones(12))
+    assert means.shape == (4, 40) and mixed.shape == (12, 40)
+    assert torch.equal(fresh, before)
+    make_aggregator("clip>mean", clip_norm=1.0)(fresh, _ones(12))
+    np.testing.assert_allclose(torch.linalg.vector_norm(fresh, dim=1).numpy(), 1.0, rtol=1e-6)
+
+
+def test_strategies_score_trust_on_the_deltas_before_clipping():
+    """FedBuff hands its stack to clip>mean after scoring: the first buffer's
+    trust scores are the plain mean's (clip at 0.01 rescales every delta in
+    place, so scoring after it would see other deltas)."""
+    from tests.helpers import config, run  # pylint: disable=import-outside-toplevel
+
+    scores = {}
+    for aggregator in ("mean", "clip>mean"):
+        _, strategy, _ = run(config(stop__num_updates=1, strategy__aggregator=aggregator,
+                                    strategy__robust__clip_norm=0.01,
+                                    strategy__trust__enabled=True))
+        scores[aggregator] = dict(strategy.trust._trust)
+    assert scores["mean"] and scores["mean"] == scores["clip>mean"]
 
 
 def test_clip_and_bucketing_on_a_larger_stack_match_byzfl():
-    """The stages write into NumPy-allocated stacks: same values as byzfl."""
+    """Clip in place and bucketing into a NumPy-allocated stack: same values as byzfl."""
     stack = _stack(9, 5000, seed=7)
-    clipped, _ = Clip(max_norm=3.0)(stack, _ones(9))
+    clipped, _ = Clip(max_norm=3.0)(stack.clone(), _ones(9))
     _close(clipped.flatten(), ByzClipping(c=3.0)(stack.clone().numpy()).flatten())
     means, weights = Bucketing(bucket_size=2, seed=3)(stack, torch.arange(1.0, 10.0))
     order = torch.randperm(9, generator=torch.Generator().manual_seed(3))

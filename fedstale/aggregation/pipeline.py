@@ -67,9 +67,9 @@ class Pipeline(Reducer):
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Drop weight-0 rows, run the stages, then the reducer.
 
-        ``updates`` is never written to: every stage returns a new stack
-        (FedBuff scores the same deltas after aggregating), so it is only
-        copied when rows must be dropped.
+        ``updates`` belongs to the pipeline: a stage may overwrite it
+        (``clip`` rescales in place), so pass a copy if you need it after.
+        It is copied only when rows must be dropped.
         """
         keep = weights > 0
         if not bool(keep.all()):

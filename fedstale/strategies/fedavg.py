@@ -62,6 +62,7 @@ class FedAvg(AsyncStrategy):
         for update, weight in zip(active, weights):
             update.weight = float(weight)
         deltas = torch.stack([u.delta for u in active])
-        direction = self.reducer(deltas, weights.to(deltas.dtype))
+        # trust first: the aggregator owns the stack and may overwrite it
         self._score([*active, *held], deltas)
+        direction = self.reducer(deltas, weights.to(deltas.dtype))
         return model + direction

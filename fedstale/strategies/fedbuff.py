@@ -175,8 +175,9 @@ class FedBuff(AsyncStrategy):
         deltas = torch.stack([u.delta for u in buffer])
         if self.central_dp is not None:
             deltas = self.central_dp.clip(deltas)
-        direction = self.reducer(deltas, weights.to(deltas.dtype))
+        # trust first: the aggregator owns the stack and may overwrite it
         self._score([*buffer, *(held or [])], deltas)
+        direction = self.reducer(deltas, weights.to(deltas.dtype))
         if self.normalization == "count":
             direction = direction * float(weights.sum() / len(buffer))
         if self.central_dp is not None:
