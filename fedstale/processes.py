@@ -89,7 +89,7 @@ def stop_all(find: Callable[[], Iterable[int]], grace: float = 5.0, rounds: int 
         stop_processes(pids, grace)
 
 
-def kill_now(pids: Iterable[int], wait: float = 10.0) -> list[int]:
+def kill_now(pids: Iterable[int], wait: float = KILL_WAIT) -> list[int]:
     """SIGKILL ``pids``, as a crash would, and wait (up to ``wait`` s) until they are gone.
 
     SIGKILL is asynchronous: a process in uninterruptible sleep (e.g.
