@@ -20,12 +20,46 @@ from .aggregation.vectors import ModelCodec
 from .client.torch_client import set_torch_threads
 from .client.training import evaluate, pick_device
 from .config import Config
-from .data import load_split
+from .config import ConfigError
+from .data import PartitionSpec, client_partitions, load_split
 from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
 from .simulation.clock import Clock, VirtualClock, WallClock
 from .simulation.delays import DelayModel, make_distribution
 from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff
+
+
+def partition_spec(config: Config) -> PartitionSpec:
+    """How the ``data`` section splits the pool (what every ClientApp computes too)."""
+    d = config.data
+    return PartitionSpec(
+        partitioner=d.partitioner,
+        num_partitions=d.num_clients,
+        alpha=float(d.alpha),
+        min_partition_size=int(d.min_partition_size),
+        classes_per_client=int(d.classes_per_client),
+        seed=d.seed,
+    )
+
+
+def check_data(config: Config) -> None:
+    """Load the dataset and split it as the clients will, before any run starts.
+
+    The split is deterministic, so a partitioning that cannot be done (more
+    clients than examples, an unreachable Dirichlet minimum size, a client
+    with no example) would fail on every client at its first task; here it
+    stops the run at once with one error naming the fields to change.
+
+    Raises
+    ------
+    ConfigError
+        If the dataset cannot be loaded or the pool cannot be partitioned.
+    """
+    d = config.data
+    try:
+        client_partitions(d.dataset, d.test_fraction, partition_spec(config), d.server_val_size, d.path)
+    except ValueError as err:
+        raise ConfigError([str(err)]) from err
 
 
 def build_clock(config: Config) -> Clock:
@@ -197,6 +231,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         max_participations=(
             config.privacy.local.max_participations if config.privacy.local.enabled else 0
         ),
+        fail_fast=config.comm.fail_fast,
         **strategy_kwargs(config),
     )
 

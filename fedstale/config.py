@@ -314,6 +314,9 @@ class CommConfig:
         0.0, "wall seconds before a failed client is dispatched again, doubled after each consecutive failure (0: at once; deployment: e.g. 2)", ge=0
     )
     retry_backoff_max: float = _f(60.0, "longest wait between two re-dispatches of a failing client, in wall seconds", gt=0)
+    fail_fast: int = _f(
+        3, "stop the run when its first replies, from this many clients, all fail with the same ClientApp error or malformed update (0: never)", ge=0
+    )
     max_inflight_per_node: int = _f(1, "messages in flight per SuperNode", ge=1)
     push_window: int = _f(
         0, "messages in flight in all (0: auto, CPUs + 1 with the virtual clock, no limit with the wall clock)", ge=0

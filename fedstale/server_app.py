@@ -8,7 +8,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from .builders import build_strategy, initial_arrays, num_parameters, run_strategy
+from .builders import build_strategy, check_data, initial_arrays, num_parameters, run_strategy
 from .config import (
     Config,
     ConfigError,
@@ -19,6 +19,7 @@ from .config import (
 )
 from .progress import log_line
 from .results import RunRecorder, unique_run_dir
+from .strategies import RunAborted
 from .resume import check_same_experiment, load_resume_point
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -74,6 +75,7 @@ def open_run(config: Config, config_path: Path) -> tuple[RunRecorder, dict[str, 
 
 def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
     """Run (or, with ``run.resume``, continue) one experiment on ``grid``; return its folder."""
+    check_data(config)
     recorder, resume = open_run(config, config_path)
     arrays = initial_arrays(config)
     log_line(
@@ -101,6 +103,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         config, path = config_from_run(context.run_config, grid.run.override_config)
         run_experiment(grid, config, path)
-    except ConfigError as err:
+    except (ConfigError, RunAborted) as err:
+        # one clear line in the run's log; re-raised so that Flower marks
+        # the run failed (`flwr list` shows it; `flwr run` exits 0 anyway)
         log_line("%s", err, warning=True)
         raise

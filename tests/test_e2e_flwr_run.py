@@ -208,17 +208,35 @@ def test_config_is_chosen_and_overridden_from_the_run_config(federation):
     assert {float(r["weight"]) <= 0.5 for r in clients} == {True}
 
 
-def test_bad_config_fails_with_one_clear_error(federation):
-    """An invalid field names itself and its accepted values; nothing is written."""
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"strategy.name": "fedbuf"},
+            "strategy.name: 'fedbuf' is not one of fedasync, fedbuff, fedavg, dynamic "
+            "(did you mean 'fedbuff'?)",
+        ),
+        (
+            {"data.num_clients": 100, "data.min_partition_size": 5},
+            "data.partitioner 'dirichlet' could not give each of data.num_clients (100) clients "
+            "at least data.min_partition_size (5) of 1437 examples",
+        ),
+        (
+            {"data.num_clients": 5000},
+            "data.num_clients (5000) is larger than the training pool (1437 examples)",
+        ),
+    ],
+    ids=["unknown-strategy", "dirichlet-minimum", "more-clients-than-examples"],
+)
+def test_bad_config_fails_with_one_clear_error(federation, overrides, expected):
+    """An invalid field, or data that cannot be partitioned as asked, names
+    itself and what to change; nothing is written, no client trains."""
     fed, work = federation
     out = work / "bad-results"
-    proc = fed.run(ROOT, {"strategy.name": "fedbuf", "run.output_dir": str(out)})
-    expected = (
-        "strategy.name: 'fedbuf' is not one of fedasync, fedbuff, fedavg, dynamic "
-        "(did you mean 'fedbuff'?)"
-    )
+    proc = fed.run(ROOT, {**overrides, "run.output_dir": str(out)})
     assert expected in proc.stdout
     assert run_failed(proc) is not None  # flwr's exit status is 0 regardless
+    assert "could not be pushed" not in proc.stdout and "error reply" not in proc.stdout
     assert not out.exists()
 
 

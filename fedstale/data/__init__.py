@@ -9,7 +9,7 @@ import numpy as np
 
 from .digits import load_digits_split
 from .images import IMAGE_DATASETS, load_image_split, register_torchvision_dataset
-from .partition import PARTITIONERS, PartitionSpec, client_arrays, partition_indices
+from .partition import PARTITIONERS, PartitionError, PartitionSpec, client_arrays, partition_indices
 from .spec import DatasetSpec, SplitData
 from .text import load_text_split
 
@@ -72,6 +72,20 @@ def _indices(
     return tuple(partition_indices(data.y_train, spec))
 
 
+def client_partitions(
+    name: str, test_fraction: float, spec: PartitionSpec, server_val_size: int = 0, path: str = ""
+) -> tuple[np.ndarray, ...]:
+    """Every client's indices into the pool (computed once per process).
+
+    Raises
+    ------
+    PartitionError
+        If the pool cannot be split as ``spec`` asks (see
+        :func:`fedstale.data.partition.partition_indices`).
+    """
+    return _indices(name, test_fraction, spec, server_val_size, path)
+
+
 def load_client_data(
     name: str,
     test_fraction: float,
@@ -95,6 +109,8 @@ __all__ = [
     "dataset_names",
     "register_torchvision_dataset",
     "PARTITIONERS",
+    "PartitionError",
+    "client_partitions",
     "DatasetSpec",
     "PartitionSpec",
     "SplitData",

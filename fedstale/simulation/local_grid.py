@@ -195,8 +195,9 @@ def run_in_process(
     Nothing is written to disk unless ``recorder`` does.
     """
     # pylint: disable=import-outside-toplevel
-    from ..builders import build_strategy, run_strategy
+    from ..builders import build_strategy, check_data, run_strategy
 
+    check_data(config)
     if client_app is None:
         from ..client_app import app as client_app  # type: ignore[no-redef]
     grid = LocalGrid(client_app, **grid_options)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from .base import AsyncStrategy, MemoryRecorder, NullRecorder, Recorder
 from .dynamic import DynamicStaleness
+from .failfast import RunAborted
 from .fedasync import FedAsync
 from .fedavg import FedAvg
 from .fedbuff import FedBuff
@@ -28,6 +29,7 @@ __all__ = [
     "MemoryRecorder",
     "NullRecorder",
     "Recorder",
+    "RunAborted",
     "SecAggFedBuff",
     "Task",
 ]

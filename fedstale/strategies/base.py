@@ -70,6 +70,7 @@ from ..aggregation.vectors import ModelCodec, UpdateError
 from ..progress import format_evaluation, log_line
 from ..resume import capture, restore
 from ..simulation.clock import Clock, WallClock
+from .failfast import DETERMINISTIC_ERROR_CODES, FailFast, RunAborted
 from .task import ClientUpdate, Task
 from .transport import Transport
 
@@ -271,6 +272,13 @@ class AsyncStrategy(Strategy):
         Tasks a client may be sent at most (its DP-SGD privacy budget,
         ``privacy.local.max_participations``); the run stops once every
         client has had them all. 0: unlimited.
+    fail_fast : int (default: 3)
+        Stop the run with :class:`~fedstale.strategies.failfast.RunAborted`
+        when its first replies, from this many different clients (at most
+        the population), all fail with the same ClientApp error or malformed
+        update before any reply succeeds (see
+        :mod:`fedstale.strategies.failfast`). 0: never; failing clients are
+        then retried and left out as usual.
     """
 
     supported_modes: tuple[str, ...] = ("async", "sync")
@@ -302,6 +310,7 @@ class AsyncStrategy(Strategy):
         central_dp: CentralGaussianMechanism | None = None,
         recorder: Recorder | None = None,
         max_participations: int = 0,
+        fail_fast: int = 3,
     ) -> None:
         if mode not in self.supported_modes:
             raise ValueError(
@@ -331,6 +340,7 @@ class AsyncStrategy(Strategy):
         self.central_dp = central_dp
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
         self.max_participations = max_participations
+        self.fail_fast = FailFast(fail_fast)
         self._reset_run_state()
 
     # ------------------------------------------------------------------
@@ -622,6 +632,9 @@ class AsyncStrategy(Strategy):
             # a last row with the final counts, even when the model did not
             # change since the previous one (e.g. every client failed)
             self._evaluate(grid)
+        if self._abort is not None:
+            log_line("stopped: %s", self._abort, warning=True)
+            raise RunAborted(self._abort)
         log_line(
             "finished: %d versions, %d updates in %.1fs virtual / %.1fs wall (%s)",
             self._version,
@@ -670,6 +683,8 @@ class AsyncStrategy(Strategy):
         self._last_eval_updates = -1
         self._last_accuracy: float | None = None
         self._stop_reason = ""
+        self._abort: str | None = None
+        self.fail_fast.reset()
         self._rng = np.random.default_rng([self.seed, 4])
         if self.trust is not None:
             self.trust.reset()
@@ -791,6 +806,7 @@ class AsyncStrategy(Strategy):
         self._node_index = {node: i for i, node in enumerate(nodes)}
         self._num_clients = self.num_clients or len(nodes)
         self._clients = set(range(self._num_clients))
+        self.fail_fast.reset(self._num_clients)
         self._placement = {c: nodes[c % len(nodes)] for c in self._clients}
         window = self.push_window if self.push_window else self.clock.default_push_window
         self._transport = Transport(nodes, self.max_inflight_per_node, window, self._timeout)
@@ -977,6 +993,7 @@ class AsyncStrategy(Strategy):
         task.reply = reply
         task.arrived_wall = time.monotonic()
         if reply.has_error():
+            task.failure_repeats = reply.error.code in DETERMINISTIC_ERROR_CODES
             self._fail(task, f"error reply ({reply.error.code}): {reply.error.reason}")
             return
         try:
@@ -986,6 +1003,7 @@ class AsyncStrategy(Strategy):
                 raise UpdateError("MetricRecord has no 'num-examples'")
             task.params = self.decode_update(task, arrays)
         except UpdateError as err:
+            task.failure_repeats = True
             self._fail(task, f"malformed update: {err}")
             return
         task.metrics = dict(metrics)
@@ -1045,6 +1063,7 @@ class AsyncStrategy(Strategy):
         if task.failure is not None:
             self._on_failure(task)
             return self._close_round_if_done()
+        self.fail_fast.on_success()
         self._consecutive_failures[task.client_id] = 0
         staleness = self._version - task.dispatch_version
         self._last_staleness[task.client_id] = staleness
@@ -1147,6 +1166,15 @@ class AsyncStrategy(Strategy):
         self._release(task)
         self.on_task_dropped(task)
         self.recorder.on_update(self._row(task, None, accepted=False, reason=task.failure or ""))
+        repeated = self.fail_fast.on_failure(
+            task.client_id, task.failure or "", task.failure_repeats
+        )
+        if repeated is not None:
+            self._abort = (
+                f"{self.fail_fast.num_clients_failed} clients failed with the same error "
+                f"before any reply succeeded (a bug or bad input, not a flaky client; "
+                f"comm.fail_fast=0 retries them instead): {repeated}"
+            )
         count = self._consecutive_failures.get(task.client_id, 0) + 1
         self._consecutive_failures[task.client_id] = count
         if count > self.max_retries:
@@ -1295,7 +1323,7 @@ class AsyncStrategy(Strategy):
         return self.aggregate_evaluate(self._version, replies)
 
     def _should_stop(self, num_rounds: int, target_accuracy: float | None) -> bool:
-        if self._stop_reason:
+        if self._stop_reason or self._abort is not None:
             return True
         if self._version >= num_rounds:
             return True

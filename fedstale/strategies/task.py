@@ -48,6 +48,10 @@ class Task:  # pylint: disable=too-many-instance-attributes
     arrived_wall: float | None = None
     failure: str | None = None
     """Why the task failed (error reply, timeout, malformed update), if it did."""
+    failure_repeats: bool = False
+    """Whether a retry would fail the same way (a ClientApp exception, a
+    malformed update), as opposed to a transient fault (a timeout, a node
+    that is down); see :mod:`fedstale.strategies.failfast`."""
     params: torch.Tensor | None = None
     """The client's returned model as a flat vector, once it arrived."""
     metrics: dict[str, Any] = field(default_factory=dict)
