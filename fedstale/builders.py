@@ -19,8 +19,7 @@ from .aggregation.trust import TrustTracker
 from .aggregation.vectors import ModelCodec
 from .client.torch_client import set_torch_threads
 from .client.training import evaluate, pick_device
-from .config import Config
-from .config import ConfigError
+from .config import Config, ConfigError
 from .data import PartitionSpec, client_partitions, load_split
 from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
