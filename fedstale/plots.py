@@ -11,11 +11,16 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 from collections import Counter
 from pathlib import Path
 
-from .results import read_csv
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a fedstale CSV file (also importable from :mod:`fedstale.results`)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _pyplot():  # type: ignore[no-untyped-def]

@@ -29,6 +29,7 @@ import torch
 import yaml
 from flwr.app import ArrayRecord
 
+from .plots import plot_run, read_csv  # noqa: F401  (read_csv: for readers of run folders)
 from .resume import ResumePoint, cut_back, save_resume_point
 
 METRICS_COLUMNS = (
@@ -231,8 +232,6 @@ class RunRecorder:
         self._metrics.close()
         self._clients.close()
         if plots:
-            from .plots import plot_run  # pylint: disable=import-outside-toplevel
-
             plot_run(self.run_dir)
 
 
@@ -241,8 +240,3 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a fedstale CSV file."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))

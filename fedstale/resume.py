@@ -6,9 +6,10 @@ the version budget) the strategy hands the recorder its *run state*
 the version counter, every counter behind ``metrics.csv``, the selection
 RNG, the virtual clock, the tasks in flight with the model versions they
 started from, and the state of trust, filters, reducers, central DP and the
-simulated adversary. :class:`fedstale.results.RunRecorder` writes it, with
-the sizes ``metrics.csv`` and ``clients.csv`` had at that moment,
-to ``checkpoints/resume.pt`` (write to a temporary file, then rename: a kill
+simulated adversary (each through :mod:`fedstale.component_state`).
+:class:`fedstale.results.RunRecorder` writes it, with the sizes
+``metrics.csv`` and ``clients.csv`` had at that moment, to
+``checkpoints/resume.pt`` (write to a temporary file, then rename: a kill
 never leaves half a file).
 
 ``run.resume: <run folder>`` starts a new Flower run that continues the old
@@ -29,7 +30,6 @@ re-masked).
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,34 +50,6 @@ MAY_CHANGE_ON_RESUME = ("run.name", "run.output_dir", "run.resume", "stop.", "ou
 differently: where results go, when to stop, what to write, timeouts.
 Everything else (``run.seed`` included) must match, or the continued run
 would not be the same experiment."""
-
-
-def capture(component: Any) -> Any:
-    """The run state of a stateful component (trust, a filter, a reducer...).
-
-    A component either has ``run_state()``/``load_run_state()`` methods, or
-    names the attributes that hold its run state in ``run_state_attributes``
-    (the ones its ``reset()`` clears); they are deep-copied. None stays None.
-    """
-    if component is None:
-        return None
-    custom = getattr(component, "run_state", None)
-    if callable(custom):
-        return custom()
-    names = getattr(type(component), "run_state_attributes", ())
-    return {name: copy.deepcopy(getattr(component, name)) for name in names}
-
-
-def restore(component: Any, state: Any) -> None:
-    """Put back what :func:`capture` returned."""
-    if component is None or state is None:
-        return
-    custom = getattr(component, "load_run_state", None)
-    if callable(custom):
-        custom(state)
-        return
-    for name, value in state.items():
-        setattr(component, name, copy.deepcopy(value))
 
 
 @dataclass

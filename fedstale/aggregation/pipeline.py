@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..resume import capture, restore
+from ..component_state import capture, restore
 from .preaggregators import PREAGGREGATORS, PreAggregator
 from .reducers import REDUCERS, Reducer
 

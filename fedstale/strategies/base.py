@@ -68,7 +68,7 @@ from ..aggregation.staleness import Polynomial, StalenessFunction
 from ..aggregation.trust import TrustTracker, agreement_score, reference_statistics
 from ..aggregation.vectors import ModelCodec, UpdateError
 from ..progress import format_evaluation, log_line
-from ..resume import capture, restore
+from ..component_state import capture, restore
 from ..simulation.clock import Clock, WallClock
 from .failfast import DETERMINISTIC_ERROR_CODES, FailFast, RunAborted
 from .task import ClientUpdate, Task

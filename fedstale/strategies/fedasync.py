@@ -10,7 +10,7 @@ import torch
 from flwr.supercore import log
 
 from ..aggregation.filters import NormBound, ValidationCheck
-from ..resume import capture, restore
+from ..component_state import capture, restore
 from .base import AsyncStrategy
 from .task import ClientUpdate
 

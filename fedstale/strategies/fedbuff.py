@@ -9,7 +9,7 @@ import torch
 from flwr.supercore import log
 
 from ..aggregation.reducers import Reducer, WeightedMean
-from ..resume import capture, restore
+from ..component_state import capture, restore
 from .base import AsyncStrategy
 from .task import ClientUpdate
 
