@@ -38,7 +38,7 @@ class NormBound:
     """
 
     run_state_attributes = ("_norms",)
-    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` clears)."""
+    """What :func:`fedstale.component_state.capture` saves (what :meth:`reset` clears)."""
 
     def __init__(self, kappa: float, window: int = 20) -> None:
         self.kappa = kappa

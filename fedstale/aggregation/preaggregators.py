@@ -136,7 +136,7 @@ class Bucketing(PreAggregator):
     name = "bucketing"
 
     run_state_attributes = ("_generator",)
-    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` restarts)."""
+    """What :func:`fedstale.component_state.capture` saves (what :meth:`reset` restarts)."""
 
     def __init__(self, *, bucket_size: int = 2, seed: int = 0) -> None:
         if bucket_size < 1:

@@ -342,7 +342,7 @@ class CenteredClipping(Reducer):
     name = "centered_clipping"
 
     run_state_attributes = ("center",)
-    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` clears)."""
+    """What :func:`fedstale.component_state.capture` saves (what :meth:`reset` clears)."""
 
     def __init__(self, *, tau: float = 0.1, iterations: int = 1) -> None:
         if tau <= 0 or iterations < 1:

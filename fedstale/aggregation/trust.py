@@ -79,7 +79,7 @@ class TrustTracker:
     """
 
     run_state_attributes = ("_trust", "_quarantined")
-    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` clears)."""
+    """What :func:`fedstale.component_state.capture` saves (what :meth:`reset` clears)."""
 
     def __init__(
         self, smoothing: float = 0.5, quarantine_below: float = 0.2, recover_above: float = 0.4

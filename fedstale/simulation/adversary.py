@@ -58,7 +58,7 @@ class Adversary:  # pylint: disable=too-many-instance-attributes
     """
 
     run_state_attributes = ("_honest",)
-    """What :func:`fedstale.resume.capture` saves (what :meth:`reset` clears)."""
+    """What :func:`fedstale.component_state.capture` saves (what :meth:`reset` clears)."""
 
     def __init__(
         self, name: str, malicious: set[int], params: dict[str, float], window: int = 10
