@@ -380,7 +380,7 @@ def test_top10_with_error_feedback_within_two_points_of_dense_on_digits():
     """configs/default.yaml, 500 updates: dense ~95 %; top-10 % + EF within 2 points, 5× fewer bytes up."""
     _, _, dense = run(config("default", stop__num_updates=BUDGET, evaluation__every=BUDGET))
     _, strategy, topk = run(config("compression", stop__num_updates=BUDGET, evaluation__every=BUDGET))
-    d, dense_bytes = strategy._codec.num_parameters, strategy._codec.nbytes
+    d, dense_bytes = strategy.codec.num_parameters, strategy.codec.nbytes
     assert _final(dense)["updates"] == _final(topk)["updates"] == 5 * BUDGET
     assert _final(dense)["accuracy"] >= 0.93
     assert _final(topk)["accuracy"] >= _final(dense)["accuracy"] - 0.02
@@ -397,9 +397,9 @@ def test_int8_ratio_in_metrics():
     """int8 values: 5 bytes per kept coordinate (indices + level), ratio ≈ 8 less headers."""
     _, strategy, rec = run(config("compression", compression__quantize="int8",
                                   stop__num_updates=2, evaluation__every=2))
-    wire = _wire_bytes(strategy._codec.num_parameters, CompressionSettings("topk", 0.1, quantize="int8"))
+    wire = _wire_bytes(strategy.codec.num_parameters, CompressionSettings("topk", 0.1, quantize="int8"))
     assert {r["bytes_up"] for r in rec.updates} == {wire}
-    assert _final(rec)["compression_ratio"] == pytest.approx(strategy._codec.nbytes / wire)
+    assert _final(rec)["compression_ratio"] == pytest.approx(strategy.codec.nbytes / wire)
     assert 7.7 < _final(rec)["compression_ratio"] <= 8.0
 
 

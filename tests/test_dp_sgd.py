@@ -287,8 +287,8 @@ def test_batchnorm_model_is_fixed_on_both_sides_and_trains(monkeypatch):
     assert server_keys == set(private.state_dict())
     result, strategy = run_in_process(cfg, num_nodes=2)
     assert set(result.arrays.keys()) == server_keys
-    assert strategy._updates == 2 * cfg.data.num_clients  # pylint: disable=protected-access
-    assert strategy._stop_reason.startswith("every client spent its privacy budget")  # pylint: disable=protected-access
+    assert strategy.ledger.updates == 2 * cfg.data.num_clients
+    assert strategy.stop_reason.startswith("every client spent its privacy budget")
 
 
 # ----------------------------------------------------------------------
@@ -340,10 +340,10 @@ def test_server_stops_dispatching_after_max_participations(shipped_run):
     assert {len(e) for e in per_client.values()} == {cfg.privacy.local.max_participations}
     for epsilons in per_client.values():
         assert all(a < b for a, b in zip(epsilons, epsilons[1:]))
-    assert strategy._stop_reason == (  # pylint: disable=protected-access
+    assert strategy.stop_reason == (
         "every client spent its privacy budget (max_participations)"
     )
-    assert strategy._version == cfg.privacy.local.max_participations  # pylint: disable=protected-access
+    assert strategy.version == cfg.privacy.local.max_participations
 
 
 def test_epsilon_columns_are_filled(shipped_run):

@@ -75,7 +75,7 @@ def test_async_keeps_concurrency_clients_busy():
 def test_fedbuff_makes_one_version_per_k_updates():
     """With K = 5, version v holds accepted updates 5(v-1)+1 .. 5v."""
     _, strategy, rec = run(config(stop__num_updates=12))
-    assert strategy._version == 12
+    assert strategy.version == 12
     assert len([r for r in rec.updates if r["accepted"]]) == 60
     # Updates are delivered in virtual-time order.
     times = [r["arrival_time"] for r in rec.updates]
@@ -162,7 +162,7 @@ def test_virtual_duration_follows_the_delay_model_and_early_stopping():
         delay__bandwidth=1e6,
     )
     _, strategy, rec = run(cfg)
-    nbytes = strategy._codec.nbytes
+    nbytes = strategy.codec.nbytes
     for row in rec.updates:
         expected = 0.001 * row["num_examples"] * row["epochs"] + 0.04 + 2 * nbytes / 1e6
         assert row["virtual_duration"] == pytest.approx(expected)
@@ -175,7 +175,7 @@ def test_stop_on_target_accuracy_and_virtual_time():
     _, strategy, rec = run(config(stop__num_updates=500, stop__target_accuracy=0.5))
     accuracies = [r["accuracy"] for r in rec.evaluations]
     assert accuracies[-1] >= 0.5 and all(a < 0.5 for a in accuracies[:-1])
-    assert strategy._version < 500
+    assert strategy.version < 500
     _, strategy, rec = run(config(stop__num_updates=500, stop__max_virtual_time=3.0))
     assert strategy.clock.now == pytest.approx(3.0)
     assert max(r["arrival_time"] for r in rec.updates) <= 3.0
@@ -200,7 +200,7 @@ def test_wall_clock_merges_in_arrival_order():
     )
     _, strategy, rec = run(cfg, order="random")
     assert strategy.clock.name == "wall"
-    assert strategy._version == 10
+    assert strategy.version == 10
     times = [r["arrival_time"] for r in rec.updates]
     assert times == sorted(times)
     # Durations are wall durations of real work, not the delay model's

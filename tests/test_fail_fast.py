@@ -73,7 +73,7 @@ def test_a_feasible_partitioning_is_what_the_clients_get():
     cfg = config(data__num_clients=100, data__min_partition_size=3, stop__num_updates=2)
     check_data(cfg)
     _, strategy, _ = run(cfg)
-    sizes = strategy._num_examples
+    sizes = strategy.placement.num_examples
     assert len(sizes) == 100 and min(sizes.values()) >= 3
 
 
@@ -174,7 +174,7 @@ def test_fail_fast_zero_drains_the_clients_as_before():
     recorder = MemoryRecorder()
     strategy = build_strategy(cfg, recorder)
     run_strategy(strategy, LocalGrid(_raising_app, num_nodes=2), cfg)
-    assert strategy._stop_reason == "every client was left out after failures"
+    assert strategy.stop_reason == "every client was left out after failures"
     assert len(recorder.updates) == 4 * (cfg.comm.max_retries + 1)
 
 
@@ -190,7 +190,7 @@ def test_errors_that_name_their_client_are_not_one_error():
     recorder = MemoryRecorder()
     strategy = build_strategy(cfg, recorder)
     run_strategy(strategy, LocalGrid(app, num_nodes=2), cfg)
-    assert strategy._stop_reason == "every client was left out after failures"
+    assert strategy.stop_reason == "every client was left out after failures"
 
 
 def test_a_node_that_is_down_at_the_start_keeps_retry_and_backoff():
@@ -213,7 +213,7 @@ def test_a_node_that_is_down_at_the_start_keeps_retry_and_backoff():
     failures = [r for r in recorder.updates if not r["accepted"]]
     assert {r["reason"] for r in failures} == {"error reply (5): Error: Node Unavailable"}
     assert len({r["client_id"] for r in failures}) >= 3
-    assert recorder.evaluations[-1]["version"] == 12 and strategy._excluded == set()
+    assert recorder.evaluations[-1]["version"] == 12 and strategy.pool.excluded == set()
 
 
 def test_a_client_that_fails_after_the_first_success_is_only_retried():
@@ -234,5 +234,5 @@ def test_a_client_that_fails_after_the_first_success_is_only_retried():
     recorder = MemoryRecorder()
     strategy = build_strategy(cfg, recorder)
     run_strategy(strategy, LocalGrid(app, num_nodes=2), cfg)
-    assert strategy._excluded == {1, 3, 5}
+    assert strategy.pool.excluded == {1, 3, 5}
     assert recorder.evaluations[-1]["version"] == 20

@@ -81,20 +81,20 @@ def faulty_app(message: Message, context) -> Message:
 
 
 class Watched:
-    """Wraps ``strategy._process`` to keep the flat model around every failed task."""
+    """Wraps ``strategy.process`` to keep the flat model around every failed task."""
 
     def __init__(self, strategy):
         self.strategy = strategy
-        self.original = strategy._process
+        self.original = strategy.process
         self.checked: list[tuple[int, bool]] = []
-        strategy._process = self
+        strategy.process = self
 
     def __call__(self, task):
-        before = self.strategy._model.clone()
-        version = self.strategy._version
+        before = self.strategy.model.clone()
+        version = self.strategy.version
         changed = self.original(task)
         if task.failure is not None:
-            same = torch.equal(before, self.strategy._model) and self.strategy._version == version
+            same = torch.equal(before, self.strategy.model) and self.strategy.version == version
             self.checked.append((task.client_id, same and not changed))
         return changed
 
@@ -128,7 +128,7 @@ def test_every_bad_reply_is_rejected_with_its_reason_and_leaves_the_model_untouc
         assert row["weight"] == ""
     # each bad client: dispatched again right away, max_retries + 1 failures, then left out
     assert Counter(int(r["client_id"]) for r in failed) == {c: MAX_RETRIES + 1 for c in FAULTS}
-    assert strategy._excluded == set(FAULTS)
+    assert strategy.pool.excluded == set(FAULTS)
     # counted in metrics.csv; the good clients carry the run to its budget
     assert int(metrics[-1]["failures"]) == len(failed) == len(FAULTS) * (MAX_RETRIES + 1)
     assert int(metrics[-1]["accepted"]) == int(metrics[-1]["version"]) == 12
@@ -159,7 +159,7 @@ def test_a_federation_of_bad_clients_never_changes_the_model(tmp_path, client):
     initial = initial_arrays(cfg)
     for key, array in initial.items():
         assert np.array_equal(result.arrays[key].numpy(), array.numpy()), key
-    assert strategy._stop_reason == "every client was left out after failures"
+    assert strategy.stop_reason == "every client was left out after failures"
     assert int(metrics[-1]["version"]) == 0 and int(metrics[-1]["failures"]) == 4 == len(clients)
 
 
@@ -182,7 +182,7 @@ def test_a_timeout_is_counted_in_metrics_and_the_client_is_retried(tmp_path):
     lost = [r for r in clients if r["client_id"] == "2"]
     assert [r["reason"] for r in lost] == ["no reply within 0.3s"] * 3
     assert all(float(r["wall_duration"]) >= 0.3 for r in lost)
-    assert int(metrics[-1]["failures"]) == 3 and strategy._excluded == {2}
+    assert int(metrics[-1]["failures"]) == 3 and strategy.pool.excluded == {2}
     assert int(metrics[-1]["version"]) == 8
     assert [c for c, _ in watched.checked] == [2, 2, 2] and all(s for _, s in watched.checked)
 
@@ -216,5 +216,5 @@ def test_a_failing_client_is_retried_after_an_exponential_backoff(tmp_path, num_
     times = [float(r["arrival_time"]) for r in mine[:4]]
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6 and gaps[2] >= 0.8, gaps
-    assert 0 not in strategy._excluded
+    assert 0 not in strategy.pool.excluded
     assert int(metrics[-1]["failures"]) == 3 and int(metrics[-1]["version"]) == 40

@@ -83,13 +83,13 @@ def test_failures_are_counted_retried_and_never_merged():
     assert "RuntimeError: disk full" in text[ALWAYS_FAILS]
     assert text[SENDS_NAN] == "malformed update: update contains NaN or infinite values"
     assert text[WRONG_SHAPE] == "malformed update: array 'classifier.3.bias' has shape (9,), expected (10,)"
-    assert strategy._excluded == {ALWAYS_FAILS, SENDS_NAN, WRONG_SHAPE}
+    assert strategy.pool.excluded == {ALWAYS_FAILS, SENDS_NAN, WRONG_SHAPE}
     # A failed client's retry is its very next dispatch.
     accepted_5 = [r for r in recorder.updates if r["client_id"] == FAILS_ONCE and r["accepted"]]
     assert accepted_5, "the transient client recovered"
     # Counts in metrics.csv and a finite final model.
     assert recorder.evaluations[-1]["failures"] == len(failures)
-    assert strategy._version == 20
+    assert strategy.version == 20
     assert all(np.isfinite(a.numpy()).all() for a in result.arrays.values())
 
 
@@ -139,7 +139,7 @@ def test_lost_replies_time_out_and_are_counted():
     lost = [r for r in recorder.updates if r["client_id"] == DroppingGrid.lost_client]
     assert [r["reason"] for r in lost] == ["no reply within 0.3s", "no reply within 0.3s"]
     assert all(r["wall_duration"] >= 0.3 for r in lost)
-    assert strategy._version == 8
+    assert strategy.version == 8
 
 
 class Linear(NumPyClient):

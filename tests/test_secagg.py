@@ -23,6 +23,7 @@ from fedstale.client.secagg import secagg_mod
 from fedstale.config import ConfigError
 from fedstale.simulation.local_grid import LocalGrid, _ensure_task_identity
 from fedstale.strategies import SecAggFedBuff
+from fedstale.strategies.versions import GlobalModel
 from tests.helpers import config, run
 
 RNG = np.random.default_rng(0)
@@ -114,9 +115,7 @@ def test_the_client_mod_turns_an_overflowing_update_into_an_error_reply():
 
 def test_strategy_rejects_a_plaintext_or_misshaped_reply():
     strategy = SecAggFedBuff(buffer_size=2)
-    from fedstale.aggregation.vectors import ModelCodec
-
-    strategy._codec = ModelCodec(ArrayRecord({"w": Array(np.zeros(4, np.float32))}))
+    strategy.global_model = GlobalModel(ArrayRecord({"w": Array(np.zeros(4, np.float32))}))
     with pytest.raises(UpdateError, match="expects one array"):
         strategy.decode_update(None, ArrayRecord({"w": Array(np.zeros(4, np.float32))}))
     with pytest.raises(UpdateError, match="must be uint32 of shape"):
@@ -137,7 +136,7 @@ def test_sync_rounds_with_secure_aggregation_match_plain_fedbuff():
     assert [r["accuracy"] for r in rec.evaluations] == pytest.approx(
         [r["accuracy"] for r in plain_rec.evaluations], abs=0.01
     )
-    wire = len(Array(np.zeros(strategy._codec.num_parameters, np.uint32)).data)
+    wire = len(Array(np.zeros(strategy.codec.num_parameters, np.uint32)).data)
     assert {u["bytes_up"] for u in rec.updates} == {wire}  # 4 bytes a scalar (+ .npy header)
 
 
@@ -156,7 +155,7 @@ def test_a_member_that_fails_is_recovered_or_its_group_discarded(policy):
     _, strategy, rec = run(cfg)
     failed = [u for u in rec.updates if u["client_id"] == 3]
     assert len(failed) == 1 and not failed[0]["accepted"] and "fixed-point range" in failed[0]["reason"]
-    assert strategy._version == 2
+    assert strategy.version == 2
     assert strategy.discarded_groups == (1 if policy == "discard" else 0)
     rounds = 2 if policy == "recover" else 3
     assert len(rec.updates) == 4 + 3 * (rounds - 1)
@@ -180,5 +179,5 @@ def test_secagg_refuses_what_needs_individual_updates(overrides, text):
 
 def test_async_secure_fedbuff_learns():
     _, strategy, rec = run(config(stop__num_updates=60, evaluation__every=60, privacy__secagg__enabled=True))
-    assert strategy._version == 60
+    assert strategy.version == 60
     assert float(rec.evaluations[-1]["accuracy"]) > 0.5

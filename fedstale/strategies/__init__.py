@@ -1,11 +1,13 @@
 """fedstale's strategies: Flower ``Strategy`` subclasses on an async event loop."""
 
-from .base import AsyncStrategy, MemoryRecorder, NullRecorder, Recorder
+from .base import AsyncStrategy
 from .dynamic import DynamicStaleness
 from .failfast import RunAborted
 from .fedasync import FedAsync
 from .fedavg import FedAvg
 from .fedbuff import FedBuff
+from .pool import RandomSelection, SelectionPolicy
+from .recorder import MemoryRecorder, NullRecorder, Recorder
 from .secagg_fedbuff import SecAggFedBuff
 from .task import ClientUpdate, Task
 
@@ -28,8 +30,10 @@ __all__ = [
     "FedBuff",
     "MemoryRecorder",
     "NullRecorder",
+    "RandomSelection",
     "Recorder",
     "RunAborted",
     "SecAggFedBuff",
+    "SelectionPolicy",
     "Task",
 ]

@@ -171,9 +171,9 @@ class SecAggFedBuff(FedBuff):
                 f"secure aggregation expects one array '{MASKED_KEY}', got {list(arrays.keys())}"
             )
         masked = arrays[MASKED_KEY].numpy()
-        if masked.dtype != np.uint32 or masked.shape != (self._codec.num_parameters,):
+        if masked.dtype != np.uint32 or masked.shape != (self.codec.num_parameters,):
             raise UpdateError(
-                f"'{MASKED_KEY}' must be uint32 of shape ({self._codec.num_parameters},), "
+                f"'{MASKED_KEY}' must be uint32 of shape ({self.codec.num_parameters},), "
                 f"got {masked.dtype} {masked.shape}"
             )
         return torch.from_numpy(masked.astype(np.int64))
@@ -213,7 +213,7 @@ class SecAggFedBuff(FedBuff):
             )
             return None
         members = sorted(group.arrived)
-        masked_sum = np.zeros(self._codec.num_parameters, dtype=np.uint32)
+        masked_sum = np.zeros(self.codec.num_parameters, dtype=np.uint32)
         for index in members:
             masked_sum += group.arrived[index].params.numpy().astype(np.uint32)
         if group.dropped:
@@ -224,7 +224,7 @@ class SecAggFedBuff(FedBuff):
         mean = torch.from_numpy(dequantize(masked_sum, self.precision_bits) / count)
         direction = mean.to(model.dtype)
         if self.normalization == "count":
-            weights = [self.staleness(self._version - group.arrived[i].task.dispatch_version) for i in members]
+            weights = [self.staleness(self.version - group.arrived[i].task.dispatch_version) for i in members]
             direction = direction * float(np.mean(weights))
         if self.central_dp is not None:
             direction = self.central_dp.release(direction, count)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import Message
 
@@ -113,3 +115,28 @@ class ClientUpdate:
     def delta(self) -> torch.Tensor:
         """Δ = x_local − x_start."""
         return self.params - self.base
+
+
+def training_settings(
+    config: Mapping[str, Any], lr_delay_alpha: float, last_staleness: int
+) -> dict[str, Any]:
+    """A task's ``epochs``, ``min_epochs`` and ``lr`` from the TRAIN config.
+
+    ``min_epochs`` is what early stopping (``patience`` > 0) allows at the
+    least: patience + 1 epochs. ``lr`` is the delay-aware γ0 / (1 + α_lr ·
+    τ_last), with γ0 the config's ``lr`` and τ_last the staleness of the
+    client's previous update; None when the config has no ``lr`` (none is
+    sent).
+    """
+    epochs = float(config.get("local-epochs", 1))
+    patience = int(config.get("patience", 0))
+    min_epochs = epochs if patience <= 0 else min(epochs, patience + 1.0)
+    lr = None
+    if "lr" in config:
+        lr = float(config["lr"]) / (1.0 + lr_delay_alpha * last_staleness)
+    return {"epochs": epochs, "min_epochs": min_epochs, "lr": lr}
+
+
+def task_seed(seed: int, client_id: int, index: int) -> int:
+    """The training seed of a client's ``index``-th task (independent of timing)."""
+    return int(np.random.SeedSequence([seed, 5, client_id, index]).generate_state(1)[0])

@@ -39,7 +39,7 @@ import fedstale
 from fedstale.builders import initial_arrays, train_config
 from fedstale.config import load_config
 from fedstale.progress import log_line
-from fedstale.strategies.base import ACTION_KEY
+from fedstale.strategies.placement import ACTION_KEY
 
 app = ServerApp()
 
