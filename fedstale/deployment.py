@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from .certificates import Credentials
 from .processes import free_port, kill_now, pids_with_flwr_home, stop_all, stop_processes
-from .simulation.launcher import FlwrRunError, format_run_config, run_failed
+from .simulation.launcher import FlwrRunError, format_run_config, raise_if_failed
 
 FEDERATION = "deploy"
 """The name of the SuperLink connection in ``$FLWR_HOME/config.toml``."""
@@ -84,6 +84,7 @@ class LocalDeployment:
         self.address = f"127.0.0.1:{self.port}"
         bin_dir = str(Path(sys.executable).parent)
         self.bin_dir = Path(bin_dir)
+        self.commands = CommandLines(self.bin_dir, self.port, credentials, supernode_auth)
         self.env = dict(os.environ)
         self.env.update(
             {
@@ -95,7 +96,7 @@ class LocalDeployment:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._runtime_ports: dict[str, int] = {}
         self._logs: dict[str, IO[bytes]] = {}
-        self._write_config()
+        (self.flwr_home / "config.toml").write_text(self.commands.config_toml())
 
     def __enter__(self) -> LocalDeployment:
         return self
@@ -110,70 +111,9 @@ class LocalDeployment:
 
     # ------------------------------------------------------------------ set-up
 
-    def _write_config(self) -> None:
-        """``config.toml`` with the federation ``deploy`` pointing at the SuperLink."""
-        lines = ["[superlink]", f'default = "{FEDERATION}"', "", f"[superlink.{FEDERATION}]"]
-        lines.append(f'address = "{self.address}"')
-        if self.credentials is None:
-            lines.append("insecure = true")
-        else:
-            lines.append(f'root-certificates = "{self.credentials.ca_cert.resolve()}"')
-        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
-
-    def _tls_server_args(self) -> list[str]:
-        if self.credentials is None:
-            return ["--insecure"]
-        creds = self.credentials
-        return [
-            "--ssl-ca-certfile",
-            str(creds.ca_cert),
-            "--ssl-certfile",
-            str(creds.server_cert),
-            "--ssl-keyfile",
-            str(creds.server_key),
-        ]
-
     def superlink_command(self) -> list[str]:
         """The ``flower-superlink`` command line this deployment runs."""
-        command = [str(self.bin_dir / "flower-superlink"), *self._tls_server_args()]
-        if self.supernode_auth:
-            command.append("--enable-supernode-auth")
-        return command + [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--disable-runtime-dependency-installation",
-        ]
-
-    def supernode_command(
-        self,
-        partition_id: int,
-        num_partitions: int,
-        port: int,
-        private_key: Path | None = None,
-        max_retries: int | None = None,
-    ) -> list[str]:
-        """The ``flower-supernode`` command line for one SuperNode."""
-        command = [str(self.bin_dir / "flower-supernode")]
-        if self.credentials is None:
-            command.append("--insecure")
-        else:
-            command += ["--root-certificates", str(self.credentials.ca_cert)]
-        if private_key is not None:
-            command += ["--auth-supernode-private-key", str(private_key)]
-        if max_retries is not None:
-            command += ["--max-retries", str(max_retries)]
-        return command + [
-            "--superlink",
-            self.address,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--node-config",
-            f"partition-id={partition_id} num-partitions={num_partitions}",
-        ]
+        return self.commands.superlink()
 
     def _start(self, name: str, command: list[str], cwd: Path) -> subprocess.Popen[bytes]:
         if name in self._processes:
@@ -222,7 +162,7 @@ class LocalDeployment:
         cwd = self.superlink_dir.parent / name
         cwd.mkdir(exist_ok=True)
         port = free_port()
-        command = self.supernode_command(partition_id, num_partitions, port, private_key, max_retries)
+        command = self.commands.supernode(partition_id, num_partitions, port, private_key, max_retries)
         proc = self._start(name, command, cwd)
         self._runtime_ports[name] = port
         return proc
@@ -330,17 +270,10 @@ class LocalDeployment:
                 f"flwr supernode register failed:\n{proc.stdout}\n{proc.stderr}"
             ) from err
 
-    def run_command(self, app_dir: str | Path, run_config: dict[str, Any] | None = None) -> list[str]:
-        """The ``flwr run`` command line for ``app_dir`` on this deployment."""
-        command = [str(self.bin_dir / "flwr"), "run", str(app_dir), FEDERATION, "--stream"]
-        if run_config:
-            command += ["--run-config", format_run_config(run_config)]
-        return command
-
     def submit(self, app_dir: str | Path, run_config: dict[str, Any] | None = None) -> subprocess.Popen[str]:
         """Start ``flwr run ... --stream`` without waiting (see :meth:`finish`)."""
         return subprocess.Popen(  # pylint: disable=consider-using-with
-            self.run_command(app_dir, run_config),
+            self.commands.flwr_run(app_dir, run_config),
             cwd=str(self.superlink_dir.parent),
             env=self.env,
             stdout=subprocess.PIPE,
@@ -363,11 +296,8 @@ class LocalDeployment:
                 + self.all_logs()
             ) from None
         done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-        if check and run_failed(done):
-            raise FlwrRunError(
-                f"flwr run failed ({run_failed(done)}):\n{stdout[-4000:]}\n{stderr[-2000:]}\n"
-                + self.all_logs()
-            )
+        if check:
+            raise_if_failed(done, self.all_logs())
         return done
 
     def run(
@@ -414,3 +344,100 @@ class LocalDeployment:
                 pass
         for log in self._logs.values():
             log.close()
+
+
+class CommandLines:
+    """The command lines and ``config.toml`` of a deployment on 127.0.0.1.
+
+    Parameters
+    ----------
+    bin_dir : Path
+        Where ``flower-superlink``, ``flower-supernode`` and ``flwr`` are.
+    port : int
+        The SuperLink's Fleet API port.
+    credentials : Credentials | None
+        TLS files; ``None`` means ``--insecure``.
+    supernode_auth : bool
+        Whether the SuperLink requires SuperNode authentication.
+    """
+
+    def __init__(
+        self, bin_dir: Path, port: int, credentials: Credentials | None, supernode_auth: bool
+    ) -> None:
+        self.bin_dir = bin_dir
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.credentials = credentials
+        self.supernode_auth = supernode_auth
+
+    def config_toml(self) -> str:
+        """``config.toml`` with the federation ``deploy`` pointing at the SuperLink."""
+        lines = ["[superlink]", f'default = "{FEDERATION}"', "", f"[superlink.{FEDERATION}]"]
+        lines.append(f'address = "{self.address}"')
+        if self.credentials is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{self.credentials.ca_cert.resolve()}"')
+        return "\n".join(lines) + "\n"
+
+    def _tls_server_args(self) -> list[str]:
+        if self.credentials is None:
+            return ["--insecure"]
+        creds = self.credentials
+        return [
+            "--ssl-ca-certfile",
+            str(creds.ca_cert),
+            "--ssl-certfile",
+            str(creds.server_cert),
+            "--ssl-keyfile",
+            str(creds.server_key),
+        ]
+
+    def superlink(self) -> list[str]:
+        """The ``flower-superlink`` command line."""
+        command = [str(self.bin_dir / "flower-superlink"), *self._tls_server_args()]
+        if self.supernode_auth:
+            command.append("--enable-supernode-auth")
+        return command + [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
+
+    def supernode(
+        self,
+        partition_id: int,
+        num_partitions: int,
+        port: int,
+        private_key: Path | None = None,
+        max_retries: int | None = None,
+    ) -> list[str]:
+        """The ``flower-supernode`` command line for one SuperNode."""
+        command = [str(self.bin_dir / "flower-supernode")]
+        if self.credentials is None:
+            command.append("--insecure")
+        else:
+            command += ["--root-certificates", str(self.credentials.ca_cert)]
+        if private_key is not None:
+            command += ["--auth-supernode-private-key", str(private_key)]
+        if max_retries is not None:
+            command += ["--max-retries", str(max_retries)]
+        return command + [
+            "--superlink",
+            self.address,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--node-config",
+            f"partition-id={partition_id} num-partitions={num_partitions}",
+        ]
+
+    def flwr_run(self, app_dir: str | Path, run_config: dict[str, Any] | None = None) -> list[str]:
+        """The ``flwr run`` command line for ``app_dir`` on this deployment."""
+        command = [str(self.bin_dir / "flwr"), "run", str(app_dir), FEDERATION, "--stream"]
+        if run_config:
+            command += ["--run-config", format_run_config(run_config)]
+        return command

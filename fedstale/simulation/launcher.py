@@ -28,7 +28,14 @@ from typing import Any
 
 from ..processes import free_port, pids_with_flwr_home, stop_all
 
-__all__ = ["FlwrRunError", "LocalFederation", "format_run_config", "free_port", "run_failed"]
+__all__ = [
+    "FlwrRunError",
+    "LocalFederation",
+    "format_run_config",
+    "free_port",
+    "raise_if_failed",
+    "run_failed",
+]
 
 
 def format_run_config(values: dict[str, Any]) -> str:
@@ -120,10 +127,8 @@ class LocalFederation:
             timeout=timeout,
             check=False,
         )
-        if check and run_failed(proc):
-            raise FlwrRunError(
-                f"flwr run failed ({run_failed(proc)}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
-            )
+        if check:
+            raise_if_failed(proc)
         return proc
 
     def processes(self) -> list[int]:
@@ -152,3 +157,17 @@ def run_failed(proc: subprocess.CompletedProcess[str]) -> str | None:
         if "Exit Code:" in line:
             return line.strip()
     return None
+
+
+def raise_if_failed(proc: subprocess.CompletedProcess[str], logs: str | None = None) -> None:
+    """Raise :class:`FlwrRunError` with the run's output (and ``logs``) if it failed.
+
+    Raises
+    ------
+    FlwrRunError
+        If :func:`run_failed` finds a reason.
+    """
+    reason = run_failed(proc)
+    if reason:
+        message = f"flwr run failed ({reason}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+        raise FlwrRunError(message if logs is None else message + "\n" + logs)
