@@ -16,12 +16,17 @@ ROBUST = ("median", "trimmed_mean", "multi_krum")
 
 
 @lru_cache(maxsize=None)
-def evaluations(aggregator: str, attack: tuple[tuple[str, object], ...] = ()) -> tuple[dict, ...]:
-    """Evaluation rows of one robustness run (cached across tests)."""
+def robustness_run(aggregator: str, attack: tuple[tuple[str, object], ...] = ()):
+    """(Result, evaluation rows) of one robustness run (cached across tests)."""
     overrides = {"strategy__aggregator": aggregator}
     overrides.update({f"attack__{k}": v for k, v in attack})
-    _, _, recorder = run(config("robustness", **overrides))
-    return tuple(recorder.evaluations)
+    result, _, recorder = run(config("robustness", **overrides))
+    return result, tuple(recorder.evaluations)
+
+
+def evaluations(aggregator: str, attack: tuple[tuple[str, object], ...] = ()) -> tuple[dict, ...]:
+    """Evaluation rows of one robustness run."""
+    return robustness_run(aggregator, attack)[1]
 
 
 def final(aggregator: str, attack: tuple[tuple[str, object], ...] = ()) -> dict:
@@ -35,23 +40,24 @@ MODEL_SCALING_10 = (("name", "model_scaling"), ("scale", 10.0))
 BACKDOOR_5 = (("name", "backdoor"), ("boost", 5.0))
 
 
-def test_mean_collapses_under_boosted_sign_flips():
+def test_mean_collapses_under_boosted_sign_flips(learned):
     """FedAvg (the mean) ends below 30% accuracy with 20% sign flippers (×5)."""
-    assert final("mean")["accuracy"] >= 0.85
-    assert final("mean", SIGN_FLIP_5)["accuracy"] < 0.30
+    learned.at_least("clean final accuracy", final("mean")["accuracy"], 0.85)
+    learned.at_most("sign flip x5 final accuracy", final("mean", SIGN_FLIP_5)["accuracy"], 0.30)
 
 
-def test_mean_collapses_under_model_scaling():
+def test_mean_collapses_under_model_scaling(learned):
     """Attackers sending 10·x_local (the whole model scaled, BRIEF §3's
-    "scaling ×10" row) make FedAvg diverge to chance (9.7% here)."""
-    assert final("mean", MODEL_SCALING_10)["accuracy"] < 0.30
+    "scaling ×10" row) make FedAvg diverge to chance."""
+    learned.at_most("model scaling x10 final accuracy", final("mean", MODEL_SCALING_10)["accuracy"], 0.30)
 
 
-def test_mean_loses_30_points_under_scaling():
+def test_mean_loses_30_points_under_scaling(learned):
     """Scaled (×10) honest-direction updates make FedAvg oscillate far below
-    its clean accuracy (it ends between 24% and 56% over seeds 0-2, so the
-    test asks for a 30-point loss rather than < 30%)."""
-    assert final("mean", SCALING_10)["accuracy"] < final("mean")["accuracy"] - 0.30
+    its clean accuracy (where it ends varies with the seed, so the test asks
+    for a 30-point loss rather than < 30%)."""
+    loss = final("mean")["accuracy"] - final("mean", SCALING_10)["accuracy"]
+    learned.at_least("clean - scaled final accuracy", loss, 0.30)
 
 
 @pytest.mark.parametrize("aggregator", ROBUST)
@@ -60,31 +66,48 @@ def test_mean_loses_30_points_under_scaling():
     [SIGN_FLIP_5, SCALING_10, MODEL_SCALING_10],
     ids=["sign_flip_x5", "scaling_x10", "model_scaling_x10"],
 )
-def test_robust_reducers_stay_within_7_points_of_clean(aggregator, attack):
+def test_robust_reducers_stay_within_7_points_of_clean(learned, aggregator, attack):
     clean = final(aggregator)["accuracy"]
     attacked = final(aggregator, attack)["accuracy"]
-    assert clean >= 0.85
-    assert attacked >= clean - 0.07, f"{aggregator}: {attacked:.3f} vs clean {clean:.3f}"
+    learned.at_least("clean final accuracy", clean, 0.85)
+    learned.at_least("attacked - clean final accuracy", attacked - clean, -0.07)
 
 
-def test_backdoor_succeeds_against_the_mean():
-    """The backdoor holds at the end, and the model stays useful (a stealthy backdoor).
+LAST = 3
+"""Evaluations (every 5 rounds) a backdoor statistic averages over: rounds 20-30."""
 
-    Under boosted backdoor updates FedAvg's clean accuracy swings from round
-    to round (rounds 25 and 30, seeds 0-2: 0.59/0.48, 0.53/0.73, 0.63/0.75),
-    so usefulness is the mean over the last two evaluations.
+
+def _late_mean(aggregator: str, attack, key: str) -> float:
+    """Mean of ``key`` over the last :data:`LAST` centralized evaluations."""
+    result, _ = robustness_run(aggregator, attack)
+    versions = sorted(result.evaluate_metrics_serverapp)[-LAST:]
+    return sum(float(result.evaluate_metrics_serverapp[v][key]) for v in versions) / LAST
+
+
+def test_backdoor_succeeds_against_the_mean(learned):
+    """The backdoor holds, and the model stays useful (a stealthy backdoor).
+
+    Under boosted backdoor updates FedAvg's accuracy swings from round to
+    round, and the overall accuracy counts the target class, which the
+    backdoor inflates or wrecks. So both statistics are means over rounds
+    20, 25 and 30: the attack success on triggered images of the other
+    classes, and the clean accuracy on those same images untriggered
+    (``non-target-accuracy``).
     """
-    rows = evaluations("mean", BACKDOOR_5)
-    assert rows[-1]["attack_success"] > 0.80
-    assert (rows[-1]["accuracy"] + rows[-2]["accuracy"]) / 2 > 0.5
+    learned.at_least("attack success, mean of last 3", _late_mean("mean", BACKDOOR_5, "attack-success"), 0.80)
+    learned.at_least(
+        "non-target accuracy, mean of last 3",
+        _late_mean("mean", BACKDOOR_5, "non-target-accuracy"),
+        0.40,
+    )
 
 
 @pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "krum"])
-def test_backdoor_fails_against_robust_reducers(aggregator):
-    assert final(aggregator, BACKDOOR_5)["attack_success"] < 0.10
+def test_backdoor_fails_against_robust_reducers(learned, aggregator):
+    learned.at_most("final attack success", final(aggregator, BACKDOOR_5)["attack_success"], 0.10)
 
 
-def test_attackers_lose_trust_before_any_honest_client():
+def test_attackers_lose_trust_before_any_honest_client(learned):
     """Async FedBuff (K = 5, Dirichlet 0.5) with trust, 4 sign flippers (×5).
 
     With λ = 0.5 three zero scores take trust from 1 to 0.125 < 0.2; an
@@ -102,25 +125,27 @@ def test_attackers_lose_trust_before_any_honest_client():
     assert len(malicious) == 4
     trust = strategy.trust
     honest = [c for c in range(20) if c not in malicious]
-    assert max(trust.trust(c) for c in malicious) < min(trust.trust(c) for c in honest)
+    gap = min(trust.trust(c) for c in honest) - max(trust.trust(c) for c in malicious)
+    learned.at_least("least honest trust - most attacker trust", gap, 0.0)
     assert trust.quarantined == malicious
+    latest = 0
     for client in malicious:
         rows = [r for r in recorder.updates if r["client_id"] == client]
-        first = next(i for i, r in enumerate(rows) if r["quarantined"] is True)
-        assert first < 6, f"client {client} quarantined only at its update {first + 1}"
-    assert recorder.evaluations[-1]["accuracy"] > 0.9
+        latest = max(latest, next(i for i, r in enumerate(rows) if r["quarantined"] is True))
+    learned.at_most("latest attacker quarantined at its update (0-based)", latest, 5)
+    learned.at_least("final accuracy", recorder.evaluations[-1]["accuracy"], 0.90)
     # Soft quarantine: an honest client caught on the way (a buffer where it
     # disagreed with the median) is released again and merged afterwards.
     rows = recorder.updates
     held = [i for i, r in enumerate(rows) if r["reason"].startswith("quarantined")]
     honest_held = [i for i in held if not rows[i]["malicious"]]
-    assert len(honest_held) <= 0.25 * len(held)
+    learned.at_most("share of held updates that are honest", len(honest_held) / len(held), 0.25)
     for client in {rows[i]["client_id"] for i in honest_held}:
         last = max(i for i in honest_held if rows[i]["client_id"] == client)
         assert any(r["client_id"] == client and r["accepted"] for r in rows[last + 1 :])
 
 
-def test_fedasync_norm_bound_rejects_scaled_updates():
+def test_fedasync_norm_bound_rejects_scaled_updates(learned):
     """FedAsync cannot median one update: the norm bound rejects ×10 updates."""
     cfg = config(
         "fedasync",
@@ -133,13 +158,15 @@ def test_fedasync_norm_bound_rejects_scaled_updates():
     rejected = [r for r in recorder.updates if r["reason"].startswith("norm")]
     malicious_rows = [r for r in recorder.updates if r["malicious"]]
     honest_rows = len(recorder.updates) - len(malicious_rows)
-    assert len([r for r in rejected if r["malicious"]]) >= 0.9 * len(malicious_rows)
-    # Honest updates are rarely longer than 3× the recent median (1 in 224 here).
-    assert len([r for r in rejected if not r["malicious"]]) <= 0.02 * honest_rows
-    assert recorder.evaluations[-1]["accuracy"] > 0.85
+    caught = len([r for r in rejected if r["malicious"]]) / len(malicious_rows)
+    learned.at_least("share of malicious updates rejected", caught, 0.90)
+    # Honest updates are rarely longer than 3× the recent median.
+    wrong = len([r for r in rejected if not r["malicious"]]) / honest_rows
+    learned.at_most("share of honest updates rejected", wrong, 0.02)
+    learned.at_least("final accuracy", recorder.evaluations[-1]["accuracy"], 0.85)
 
 
-def test_fedasync_validation_check_rejects_sign_flips():
+def test_fedasync_validation_check_rejects_sign_flips(learned):
     """A Zeno++-style check on a 100-example server validation set.
 
     Without it FedAsync collapses under 20% sign flippers (×5). With it the
@@ -154,12 +181,14 @@ def test_fedasync_validation_check_rejects_sign_flips():
         "data__server_val_size": 100,
     }
     _, _, unfiltered = run(config("fedasync", **attacked))
-    assert unfiltered.evaluations[-1]["accuracy"] < 0.30
+    learned.at_most("unfiltered final accuracy", unfiltered.evaluations[-1]["accuracy"], 0.30)
     _, _, recorder = run(
         config("fedasync", **attacked, strategy__filter__validation_tolerance=0.05)
     )
     rejected = [r for r in recorder.updates if r["reason"].startswith("validation")]
     malicious_rows = [r for r in recorder.updates if r["malicious"]]
-    assert len([r for r in rejected if r["malicious"]]) >= 0.8 * len(malicious_rows)
-    assert all(r["staleness"] >= 3 for r in malicious_rows if r["accepted"])
-    assert recorder.evaluations[-1]["accuracy"] > 0.85
+    caught = len([r for r in rejected if r["malicious"]]) / len(malicious_rows)
+    learned.at_least("share of malicious updates rejected", caught, 0.80)
+    passed = [r["staleness"] for r in malicious_rows if r["accepted"]]
+    learned.at_least("least staleness of a malicious update that passed", min(passed, default=99), 3)
+    learned.at_least("final accuracy", recorder.evaluations[-1]["accuracy"], 0.85)
