@@ -569,7 +569,7 @@ def _check_rules(name: str, value: Any, meta: Any) -> str | None:
 def _unknown_key_error(key: str, known: list[str]) -> str:
     hint = difflib.get_close_matches(key, known, n=1)
     extra = f"; did you mean '{hint[0]}'?" if hint else ""
-    return f"{key}: unknown field{extra} (see README, 'Configuration')"
+    return f"{key}: unknown field{extra} (see docs/configuration.md)"
 
 
 def build_config(flat_values: dict[str, Any]) -> Config:
