@@ -36,14 +36,14 @@ MARKER = "Seed table ("
 
 def run_seed(seed: int, table: Path, workers: int, keyword: str | None) -> tuple[int, float]:
     """``pytest -m learned`` with this seed; returns (exit status, seconds)."""
-    command = [sys.executable, "-m", "pytest", "-m", "learned", "-q", "-p", "no:cacheprovider"]
-    if workers > 1:
-        command += ["-n", str(workers), "--dist", "loadscope"]
+    command = [sys.executable, "-m", "pytest", "-m", "learned", "-q", "-p", "no:cacheprovider",
+               "-n", str(workers)]
     if keyword:
         command += ["-k", keyword]
     env = dict(os.environ, FEDSTALE_TEST_SEED=str(seed), FEDSTALE_SEED_TABLE=str(table))
     started = time.monotonic()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    table.with_suffix(f".seed{seed}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     lines = (proc.stdout or proc.stderr).strip().splitlines()
     print(f"seed {seed}: {lines[-1] if lines else 'no output'}", flush=True)
     return proc.returncode, time.monotonic() - started
@@ -72,7 +72,7 @@ def markdown(rows: list[dict]) -> list[str]:
     """The table's lines."""
     out = ["| test | statistic | seeds | worst | bound | margin |", "|---|---|---|---|---|---|"]
     for r in rows:
-        seeds = f"{r['seeds'][0]}-{r['seeds'][-1]}" if len(r["seeds"]) > 1 else str(r["seeds"][0])
+        seeds = ",".join(str(seed) for seed in r["seeds"])
         out.append(
             f"| {r['test']} | {r['stat'].replace('|', '/')} | {seeds} | {r['worst']:.3f} "
             f"| {r['op']} {r['bound']:g} | {r['margin']:.3f} |"

@@ -132,7 +132,7 @@ def test_fedasync_on_real_supernodes(runs, learned):
     # wall clock: virtual time is the time since the strategy started
     assert float(metrics[-1]["virtual_time"]) == pytest.approx(float(metrics[-1]["wall_time"]), abs=1.0)
     gain = float(metrics[-1]["accuracy"]) - float(metrics[0]["accuracy"])
-    learned.at_least("final - initial accuracy (4 updates)", gain, 0.0)
+    learned.at_least("final - initial accuracy (4 updates)", gain, 0.30)
 
 
 @pytest.mark.e2e

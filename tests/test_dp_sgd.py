@@ -327,8 +327,10 @@ def test_target_epsilon_is_spent_just_below_the_target(shipped_run, learned):
     for row in clients:
         last[row["client_id"]] = float(row["epsilon"])
     assert len(last) == cfg.data.num_clients
+    # ε ≤ target is the accountant's guarantee (get_noise_multiplier); how close
+    # below it each client ends depends on its partition size, so it is measured
+    assert max(last.values()) <= target
     learned.at_least("least final client ε - target", min(last.values()) - target, -0.05)
-    learned.at_most("largest final client ε - target", max(last.values()) - target, 0.0)
 
 
 def test_server_stops_dispatching_after_max_participations(shipped_run):

@@ -295,8 +295,8 @@ def test_dp_sgd_accountants_persist_in_flower_contexts(federation, learned):
         assert len(epsilons) == 10
         assert all(a < b for a, b in zip(epsilons, epsilons[1:]))
     finals = [epsilons[-1] for epsilons in per_client.values()]
+    assert max(finals) <= 8.0  # the accountant's guarantee
     learned.at_least("least final client ε", min(finals), 7.95)
-    learned.at_most("largest final client ε", max(finals), 8.0)
     final = _rows(out / "dp_sgd" / "metrics.csv")[-1]
     assert float(final["max_client_epsilon"]) <= 8.0
     learned.at_least("final accuracy", float(final["accuracy"]), 0.80)

@@ -187,7 +187,7 @@ def test_bf16_autocast_runs_on_cpu_learns_and_keeps_float32_weights(digits, lear
     reference, ref_dtypes = _train_digits(digits, "none")
     assert set(ref_dtypes) == {torch.float32}
     _, ref_accuracy = evaluate(reference, digits.x_test, digits.y_test, CPU)
-    learned.at_most("bf16 - float32 accuracy, absolute", abs(accuracy - ref_accuracy), 0.05)
+    learned.at_most("bf16 - float32 accuracy, absolute", abs(accuracy - ref_accuracy), 0.06)
     # bf16 arithmetic really changed the update: not the float32 model
     difference = max(
         float((a - b).abs().max())
