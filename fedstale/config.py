@@ -788,7 +788,7 @@ def _data_model_checks(config: Config) -> list[str]:
 def _robustness_checks(config: Config) -> list[str]:
     """The aggregator pipeline, trust and filters fit the strategy."""
     # pylint: disable=import-outside-toplevel
-    from .builders import build_reducer
+    from .aggregation.pipeline import make_aggregator
 
     strategy, problems = config.strategy, []
     if strategy.name == "fedasync" and strategy.aggregator != "mean":
@@ -799,7 +799,9 @@ def _robustness_checks(config: Config) -> list[str]:
         )
     else:
         try:
-            required = build_reducer(config).required_updates()
+            required = make_aggregator(
+                strategy.aggregator, **to_dict(strategy.robust), seed=config.run.seed
+            ).required_updates()
         except ValueError as err:
             problems.append(f"strategy.aggregator: {err}")
         else:

@@ -278,6 +278,26 @@ def test_concurrency_above_num_clients() -> None:
     assert build_config({"strategy.concurrency": 20, "data.num_clients": 20}).strategy.concurrency == 20
 
 
+def test_aggregator_pipeline_checked_against_the_registries() -> None:
+    """strategy.aggregator names registered stages; the buffer (async) or the
+    barrier (sync) holds at least what the pipeline needs with strategy.robust.f."""
+    assert _problems({"strategy.aggregator": "median>mean"}) == [
+        "strategy.aggregator: 'median' is not a pre-aggregator; accepted before '>': "
+        "clip, nnm, bucketing"
+    ]
+    assert _problems({"strategy.aggregator": "krum", "strategy.robust.f": 2}) == [
+        "strategy.buffer_size: 'krum' with strategy.robust.f = 2 needs at least 7 updates "
+        "per aggregation, got 5"
+    ]
+    assert _problems(
+        {"strategy.name": "fedavg", "strategy.aggregator": "bucketing>krum", "strategy.robust.f": 3}
+    ) == [
+        "strategy.concurrency: 'bucketing>krum' with strategy.robust.f = 3 needs at least 18 "
+        "updates per aggregation, got 10"
+    ]
+    assert build_config({"strategy.aggregator": "clip>nnm>krum"}).strategy.aggregator == "clip>nnm>krum"
+
+
 def test_speed_param_not_used_by_distribution() -> None:
     """An explicit parameter the distribution does not use is an error."""
     problems = _problems(
