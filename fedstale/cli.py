@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``fedstale`` and its subcommands."""
     parser = argparse.ArgumentParser(
         prog="fedstale",
-        description="Asynchronous, buffered and synchronous federated learning experiments "
+        description="Asynchronous, buffered and synchronous federated learning experiments\n"
         "(FedAsync, FedBuff, FedAvg) on a virtual clock.",
         epilog="Exit status: 0 success, 1 a run or sweep cell failed, 2 invalid input.",
         formatter_class=_Formatter,
