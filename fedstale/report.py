@@ -129,7 +129,7 @@ def collect_runs(dirs: Sequence[Path]) -> list[RunData]:
                     run = load_run(run_dir, labels)
                     run.display = " / ".join(
                         f"{a.get('prefix') or ''}={labels[a['name']]}".lstrip("=") for a in manifest["axes"]
-                    )
+                    ) or str(manifest["name"])
                     runs.append(run)
             continue
         children = sorted(p for p in folder.glob("*/metrics.csv")) if folder.is_dir() else []
@@ -418,6 +418,8 @@ def _save(fig, path: Path, plt) -> str:  # type: ignore[no-untyped-def]
 
 
 def _legend(ax, n: int) -> None:  # type: ignore[no-untyped-def]
+    if not ax.get_legend_handles_labels()[0]:
+        return
     if n <= 8:
         ax.legend(fontsize=8)
     else:
@@ -537,6 +539,10 @@ def _participation_section(groups: list[Group], out: Path, plt) -> list[str]:  #
     fig, axes = _panels(plt, len(shown))
     for ax, g in zip(axes, shown):
         run = g.runs[0]
+        ax.set_title(f"{g.label} (seed {run.config.get('run.seed', '?')})", fontsize=7)
+        if not run.clients:
+            ax.text(0.5, 0.5, "no updates", ha="center", va="center", transform=ax.transAxes)
+            continue
         clients = sorted({int(r["client_id"]) for r in run.clients})
         end = max((float(r["arrival_time"]) for r in run.clients), default=0.0) or 1.0
         bins = 30
@@ -546,9 +552,10 @@ def _participation_section(groups: list[Group], out: Path, plt) -> list[str]:  #
             b = min(bins - 1, int(float(r["arrival_time"]) / end * bins))
             counts[index[int(r["client_id"])]][b] += 1
         image = ax.imshow(counts, aspect="auto", origin="lower", cmap="viridis", extent=(0, end, -0.5, len(clients) - 0.5))
-        ax.set_title(f"{g.label} (seed {run.config.get('run.seed', '?')})", fontsize=7)
+        if len(clients) <= 25:
+            ax.set_yticks(range(len(clients)), [str(c) for c in clients])
         ax.set_xlabel("virtual time (s)", fontsize=7)
-        ax.set_ylabel("client", fontsize=7)
+        ax.set_ylabel("client id", fontsize=7)
         ax.tick_params(labelsize=6)
         fig.colorbar(image, ax=ax).ax.tick_params(labelsize=6)
     name = _save(fig, out / "participation.png", plt)
