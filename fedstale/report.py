@@ -343,13 +343,17 @@ def _sources(dirs: Sequence[Path], groups: list[Group]) -> str:
     return text
 
 
+def _table_head(title: str, text: str, columns: Sequence[str]) -> list[str]:
+    """A section's heading, its text, and the head of its table."""
+    head = [f"## {title}", ""] + ([text, ""] if text else [])
+    return head + ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def _runs_table(groups: list[Group]) -> list[str]:
-    lines = [
-        "## Runs",
-        "",
-        "| group | seeds | strategy | final accuracy (%) | virtual time at end (s) | updates at end |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = _table_head(
+        "Runs", "",
+        ("group", "seeds", "strategy", "final accuracy (%)", "virtual time at end (s)", "updates at end"),
+    )
     for g in groups:
         finals = [final_row(r.metrics) for r in g.runs]
         seeds = ",".join(str(r.config.get("run.seed", "?")) for r in g.runs)
@@ -452,18 +456,13 @@ def _accuracy_section(groups: list[Group], out: Path, plt) -> list[str]:  # type
 
 def _target_section(groups: list[Group], targets: Sequence[float], out: Path, plt) -> list[str]:  # type: ignore[no-untyped-def]
     stats = {(g.label, t): target_stats(g, t) for g in groups for t in targets}
-    header = "| group | " + " | ".join(
-        f"time to {100 * t:g}% (s) | updates to {100 * t:g}%" for t in targets
-    ) + " |"
-    lines = [
-        "## Time and updates to target accuracy",
-        "",
+    columns = ["group"] + [c for t in targets for c in (f"time to {100 * t:g}% (s)", f"updates to {100 * t:g}%")]
+    lines = _table_head(
+        "Time and updates to target accuracy",
         "Virtual time and client updates received at the first evaluation with accuracy ≥ "
         "target, mean ± std over the seeds that reached it (reached/seeds in brackets).",
-        "",
-        header,
-        "|---|" + "---|---|" * len(targets),
-    ]
+        columns,
+    )
     for g in groups:
         cells = []
         for t in targets:
@@ -488,15 +487,12 @@ def _target_section(groups: list[Group], targets: Sequence[float], out: Path, pl
 
 
 def _staleness_section(groups: list[Group], out: Path, plt) -> list[str]:  # type: ignore[no-untyped-def]
-    lines = [
-        "## Staleness",
-        "",
+    lines = _table_head(
+        "Staleness",
         "Staleness τ (model versions between dispatch and merge) of the accepted updates, "
         "all seeds pooled.",
-        "",
-        "| group | accepted updates | mean τ | median τ | 90th percentile τ | max τ |",
-        "|---|---|---|---|---|---|",
-    ]
+        ("group", "accepted updates", "mean τ", "median τ", "90th percentile τ", "max τ"),
+    )
     fig, ax = plt.subplots(figsize=(8 if len(groups) <= 8 else 11, 4))
     for g, color in zip(groups, _colors(plt, len(groups))):
         values = sorted(accepted_staleness(g))
@@ -570,15 +566,12 @@ def _participation_section(groups: list[Group], out: Path, plt) -> list[str]:  #
 
 
 def _client_time_section(groups: list[Group], out: Path, plt) -> list[str]:  # type: ignore[no-untyped-def]
-    lines = [
-        "## Client execution times",
-        "",
+    lines = _table_head(
+        "Client execution times",
         "Per client, the mean `virtual_duration` (simulated seconds from dispatch to arrival) "
         "and mean `fit_seconds` (wall seconds of local training) of its updates, all seeds pooled.",
-        "",
-        "| group | mean virtual duration (s) | slowest / fastest client (virtual) | mean fit_seconds (s) |",
-        "|---|---|---|---|",
-    ]
+        ("group", "mean virtual duration (s)", "slowest / fastest client (virtual)", "mean fit_seconds (s)"),
+    )
     shown, note = _shown(groups)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11 if len(shown) <= 8 else 13, 4))
     for g in groups:
@@ -609,22 +602,22 @@ def _client_time_section(groups: list[Group], out: Path, plt) -> list[str]:  # t
 
 
 def _fairness_section(groups: list[Group]) -> list[str]:
-    lines = ["## Fairness across clients", ""]
     with_data = [g for g in groups if any(r.client_accuracy for r in g.runs)]
     if not with_data:
-        return lines + [
+        return [
+            "## Fairness across clients",
+            "",
             f"Skipped: no run has per-client accuracies (`{CLIENT_ACCURACY_FILE}`). "
             "They come from evaluating the global model on each client's held-out split "
             "(`fedstale.fairness.held_out_split`).",
             "",
         ]
-    lines += [
+    lines = _table_head(
+        "Fairness across clients",
         "Per-client accuracy of the last evaluated model on each client's held-out split; "
         "mean ± std over seeds of each statistic (`fedstale.fairness.summarize`).",
-        "",
-        "| group | clients | mean (%) | std (%) | worst 10% mean (%) | Jain's index |",
-        "|---|---|---|---|---|---|",
-    ]
+        ("group", "clients", "mean (%)", "std (%)", "worst 10% mean (%)", "Jain's index"),
+    )
     for g in with_data:
         summaries = [summarize(last_client_accuracies(r.client_accuracy)) for r in g.runs if r.client_accuracy]
         lines.append(

@@ -13,17 +13,10 @@ import pytest
 from fedstale.cli import help_texts
 from fedstale.results import METRICS_COLUMNS, read_csv
 from fedstale.simulation.launcher import LocalFederation
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY_OVERRIDES
 
 DOCS = ROOT / "docs" / "cli.md"
-TINY = [
-    "stop.num_updates=6",
-    "evaluation.every=3",
-    "data.num_clients=6",
-    "strategy.concurrency=3",
-    "strategy.buffer_size=2",
-    "output.plots=false",
-]
+TINY = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_OVERRIDES.items()]
 
 
 def fedstale(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):

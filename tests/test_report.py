@@ -15,7 +15,7 @@ from fedstale.fairness import CLIENT_ACCURACY_COLUMNS, CLIENT_ACCURACY_FILE
 from fedstale.report import ReportError, build_report, step_curve, time_to_target
 from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS, read_csv
 from fedstale.sweep import load_spec, run_sweep
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY_OVERRIDES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -144,8 +144,7 @@ def test_time_to_target_of_a_real_sweep_equals_a_direct_computation(tmp_path):
     spec.write_text(yaml.safe_dump({
         "name": "direct",
         "config": str(ROOT / "configs" / "default.yaml"),
-        "overrides": {"data.num_clients": 6, "strategy.concurrency": 3, "strategy.buffer_size": 2,
-                      "stop.num_updates": 30, "evaluation.every": 2, "output.plots": False},
+        "overrides": {**TINY_OVERRIDES, "stop.num_updates": 30, "evaluation.every": 2},
         "seeds": [0, 1],
     }, sort_keys=False))
     result = run_sweep(load_spec(spec), tmp_path / "direct", workers=0, stream=io.StringIO())

@@ -24,16 +24,8 @@ from fedstale.sweep import (
     plan_sweep,
     run_sweep,
 )
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY_OVERRIDES as TINY
 
-TINY = {
-    "data.num_clients": 6,
-    "strategy.concurrency": 3,
-    "strategy.buffer_size": 2,
-    "stop.num_updates": 6,
-    "evaluation.every": 3,
-    "output.plots": False,
-}
 
 
 def write_spec(folder: Path, **spec) -> Path:

@@ -9,15 +9,8 @@ import pytest
 from fedstale.results import read_csv
 from fedstale.runner import plan_run, run_local
 from fedstale.tracking import TrackingRecorder, check_tracker, make_tracker, replay_run
-from tests.helpers import CONFIGS
+from tests.helpers import CONFIGS, TINY_OVERRIDES as TINY
 
-TINY = {
-    "data.num_clients": 6,
-    "strategy.concurrency": 3,
-    "strategy.buffer_size": 2,
-    "stop.num_updates": 6,
-    "evaluation.every": 3,
-}
 
 
 class _Fake:
@@ -66,7 +59,7 @@ def test_tensorboard_event_file_holds_the_metrics(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    plan = plan_run(CONFIGS / "default.yaml", TINY, cwd=tmp_path)
+    plan = plan_run(CONFIGS / "default.yaml", {**TINY, "output.plots": True}, cwd=tmp_path)
     run_dir = run_local(plan, tracker="tensorboard")
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1
@@ -86,7 +79,7 @@ def test_mlflow_run_holds_params_metrics_and_files(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    plan = plan_run(CONFIGS / "default.yaml", {**TINY, "output.plots": False}, cwd=tmp_path)
+    plan = plan_run(CONFIGS / "default.yaml", TINY, cwd=tmp_path)
     run_dir = run_local(plan)
     monkeypatch.chdir(tmp_path)  # the default store: ./mlflow.db, artifacts in ./mlruns
     tracker = make_tracker("mlflow", run_dir)
