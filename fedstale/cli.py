@@ -21,8 +21,8 @@ DEMO_DIR = "fedstale-demo"
 """Folder of ``fedstale demo``, in the working directory."""
 
 DEMO_RUNS = (
-    ("configs/default.yaml", {"stop.num_updates": 60, "evaluation.every": 5}),
-    ("configs/fedasync.yaml", {"stop.num_updates": 300, "evaluation.every": 15}),
+    ("configs/default.yaml", {"run.name": "fedbuff", "stop.num_updates": 60, "evaluation.every": 5}),
+    ("configs/fedasync.yaml", {"run.name": "fedasync", "stop.num_updates": 300, "evaluation.every": 25}),
 )
 """``fedstale demo``: FedBuff (60 versions of K=5) and FedAsync (300 versions), 300 client updates each."""
 
@@ -239,7 +239,7 @@ def cmd_demo(_args: argparse.Namespace) -> int:
     run_dirs = []
     for config, overrides in DEMO_RUNS:
         plan = plan_run(config, {**overrides, "run.output_dir": DEMO_DIR})
-        print(f"demo: {Path(config).stem} -> {plan.run_dir}", file=sys.stderr, flush=True)
+        print(f"demo: {plan.config.run.name} -> {plan.run_dir}", file=sys.stderr, flush=True)
         run_dirs.append(run_local(plan))
     report = build_report(run_dirs, Path(DEMO_DIR) / "report", targets=[0.8, 0.9], title="fedstale demo")
     print(f"demo: {time.perf_counter() - started:.0f}s", file=sys.stderr)

@@ -118,3 +118,16 @@ def test_run_through_flwr_writes_under_the_working_directory(tmp_path):
     assert bad.returncode == 1
     assert "flwr run failed" in bad.stderr
     assert "data.min_partition_size (100)" in bad.stderr
+
+
+def test_demo_runs_are_valid_and_land_in_the_demo_folder(tmp_path):
+    """The demo's two runs validate and write ./fedstale-demo/fedbuff and .../fedasync,
+    300 client updates each (FedBuff: 60 versions of K=5)."""
+    from fedstale.cli import DEMO_DIR, DEMO_RUNS
+    from fedstale.runner import plan_run
+
+    plans = [plan_run(config, {**overrides, "run.output_dir": DEMO_DIR}, cwd=tmp_path) for config, overrides in DEMO_RUNS]
+    assert [p.run_dir for p in plans] == [tmp_path / DEMO_DIR / "fedbuff", tmp_path / DEMO_DIR / "fedasync"]
+    buff, fedasync = (p.config for p in plans)
+    assert (buff.strategy.name, fedasync.strategy.name) == ("fedbuff", "fedasync")
+    assert buff.stop.num_updates * buff.strategy.buffer_size == fedasync.stop.num_updates == 300
