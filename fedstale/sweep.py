@@ -175,14 +175,14 @@ def load_spec(path: str | Path) -> SweepSpec:
     engine = data.get("engine", "local")
     if engine not in ENGINES:
         problems.append(f"engine: '{engine}' is not one of {', '.join(ENGINES)}")
-    overrides = _mapping(data.get("overrides", {}), "overrides", problems)
+    overrides = flatten(_mapping(data.get("overrides") or {}, "overrides", problems))
     axes: list[Axis] = []
     cells = data.get("cells") or []
     if not isinstance(cells, list):
         problems.append("cells: must be a list of mappings of overrides")
     elif cells:
         axes.append(_override_axis("cell", "", cells, "cells", problems))
-    grid = _mapping(data.get("grid", {}), "grid", problems)
+    grid = _mapping(data.get("grid") or {}, "grid", problems)
     for key, values in grid.items():
         axes.append(_grid_axis(str(key), values, problems))
     seeds = data.get("seeds")
@@ -211,8 +211,9 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 def _mapping(value: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    """``value`` if it is a mapping, else ``{}`` and a problem."""
     if isinstance(value, dict):
-        return dict(flatten(value)) if where != "grid" else dict(value)
+        return dict(value)
     problems.append(f"{where}: must be a mapping, got {value!r}")
     return {}
 
