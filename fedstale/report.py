@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,7 +317,7 @@ def build_report(
     title = title or "Report: " + ", ".join(Path(d).resolve().name for d in dirs)
     lines = [f"# {title}", "", _sources(dirs, groups), ""]
     lines += _runs_table(groups)
-    lines += _matrix(dirs, groups)
+    lines += _matrix(dirs, groups, targets)
     lines += _accuracy_section(groups, out, plt)
     lines += _target_section(groups, targets, out, plt)
     lines += _staleness_section(groups, out, plt)
@@ -371,40 +371,42 @@ def _runs_table(groups: list[Group]) -> list[str]:
     return lines + [""]
 
 
-def _matrix(dirs: Sequence[Path], groups: list[Group]) -> list[str]:
-    """Final accuracy as a matrix over a sweep's two axes (first: rows, second: columns)."""
+def _matrix(dirs: Sequence[Path], groups: list[Group], targets: Sequence[float]) -> list[str]:
+    """Matrices over a sweep's two axes (first: rows, second: columns): final
+    accuracy, attack success (when measured) and virtual time to each target."""
     manifests = [read_manifest(Path(d)) for d in dirs]
     if len(dirs) != 1 or manifests[0] is None or len(manifests[0]["axes"]) != 2:
         return []
     rows_axis, cols_axis = (a["name"] for a in manifests[0]["axes"])
     by_labels = {(g.labels.get(rows_axis), g.labels.get(cols_axis)): g for g in groups}
     row_labels, col_labels = (a["labels"] for a in manifests[0]["axes"])
-    lines = []
-    for column, heading, scale in (
-        ("accuracy", "Final test accuracy (%)", 100.0),
-        ("attack_success", "Attack success (%) at the end (backdoor)", 100.0),
-    ):
-        cells = {}
-        for key, g in by_labels.items():
+
+    def final_mean(column: str) -> Callable[[Group], str | None]:
+        def cell(g: Group) -> str | None:
             values = [final_row(r.metrics).get(column, "") for r in g.runs]
-            numbers = [scale * float(v) for v in values if v != ""]
-            if numbers:
-                cells[key] = statistics.fmean(numbers)
+            numbers = [100.0 * float(v) for v in values if v != ""]
+            return f"{statistics.fmean(numbers):.1f}" if numbers else None
+
+        return cell
+
+    def to_target(target: float) -> Callable[[Group], str | None]:
+        def cell(g: Group) -> str | None:
+            s = target_stats(g, target)
+            return f"{s.time[0]:.1f} ({s.reached}/{s.runs})" if s.reached else f"— (0/{s.runs})"
+
+        return cell
+
+    tables = [("Final test accuracy (%)", final_mean("accuracy")),
+              ("Attack success (%) at the end (backdoor)", final_mean("attack_success"))]
+    tables += [(f"Virtual time (s) to {100 * t:g}% accuracy (reached/seeds)", to_target(t)) for t in targets]
+    lines = []
+    for heading, compute in tables:
+        cells = {key: text for key, g in by_labels.items() if (text := compute(g)) is not None}
         if not cells:
             continue
         used_rows = [r for r in row_labels if any((r, c) in cells for c in col_labels)]
-        lines += [
-            f"## {heading}, mean over seeds: {rows_axis} × {cols_axis}",
-            "",
-            f"| {rows_axis} | " + " | ".join(col_labels) + " |",
-            "|---|" + "---|" * len(col_labels),
-        ]
-        for r in used_rows:
-            lines.append(
-                f"| {r} | "
-                + " | ".join(f"{cells[(r, c)]:.1f}" if (r, c) in cells else "—" for c in col_labels)
-                + " |"
-            )
+        lines += _table_head(f"{heading}, mean over seeds: {rows_axis} × {cols_axis}", "", (rows_axis, *col_labels))
+        lines += [f"| {r} | " + " | ".join(cells.get((r, c), "—") for c in col_labels) + " |" for r in used_rows]
         lines.append("")
     return lines
 

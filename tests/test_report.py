@@ -122,6 +122,10 @@ def test_a_two_axis_sweep_gets_matrices(tmp_path):
     assert "| attack | mean | median |\n|---|---|---|\n| clean | 90.0 | 80.0 |\n| flip | 10.0 | 70.0 |" in accuracy
     success = report.split("## Attack success (%) at the end (backdoor), mean over seeds: attack × aggregator")[1]
     assert "| attack | mean | median |\n|---|---|---|\n| flip | 95.0 | 5.0 |" in success
+    assert (
+        "## Virtual time (s) to 90% accuracy (reached/seeds), mean over seeds: attack × aggregator\n\n"
+        "| attack | mean | median |\n|---|---|---|\n| clean | 1.0 (1/1) | — (0/1) |\n| flip | — (0/1) | — (0/1) |"
+    ) in report
     assert "| attack=flip / aggregator=median | 0 |" in report
 
 
