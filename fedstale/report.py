@@ -51,7 +51,10 @@ MAX_PANELS = 12
 """Most groups drawn in the per-group figures (participation, client times)."""
 
 CURVE_POINTS = 200
-"""Points of the common virtual-time grid of :func:`group_curve`."""
+"""Points of each group's virtual-time grid in :func:`group_curve`."""
+
+LOG_TIME_RATIO = 10.0
+"""The accuracy figure's time axis is logarithmic when the longest group lasts this many times the shortest."""
 
 
 class ReportError(ValueError):
@@ -434,12 +437,17 @@ def _legend(ax, n: int) -> None:  # type: ignore[no-untyped-def]
 
 def _accuracy_section(groups: list[Group], out: Path, plt) -> list[str]:  # type: ignore[no-untyped-def]
     fig, ax = plt.subplots(figsize=(8 if len(groups) <= 8 else 11, 4.5))
+    ends = []
     for g, color in zip(groups, _colors(plt, len(groups))):
         grid, mean, low, high = group_curve(g)
+        ends.append(grid[-1])
         ax.plot(grid, mean, color=color, label=f"{g.label} (n={len(g.runs)})")
         if len(g.runs) > 1:
             ax.fill_between(grid, low, high, color=color, alpha=0.15, linewidth=0)
-    ax.set_xlabel("virtual time (s)")
+    wide = min(ends) > 0 and max(ends) / min(ends) > LOG_TIME_RATIO
+    if wide:  # some groups take 10x longer: a log axis keeps the fast ones readable
+        ax.set_xscale("log")
+    ax.set_xlabel("virtual time (s)" + (", log scale" if wide else ""))
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy vs virtual time (mean, min–max band over seeds)")
     ax.grid(alpha=0.3)
