@@ -320,6 +320,7 @@ def build_report(
     title = title or "Report: " + ", ".join(Path(d).resolve().name for d in dirs)
     lines = [f"# {title}", "", _sources(dirs, groups), ""]
     lines += _runs_table(groups)
+    lines += _extra_table(groups)
     lines += _matrix(dirs, groups, targets)
     lines += _accuracy_section(groups, out, plt)
     lines += _target_section(groups, targets, out, plt)
@@ -371,6 +372,37 @@ def _runs_table(groups: list[Group]) -> list[str]:
             f"{_pm(mean_std([float(f['virtual_time']) for f in finals]))} | "
             f"{_pm(mean_std([float(f['updates']) for f in finals]), 0)} |"
         )
+    return lines + [""]
+
+
+EXTRA_COLUMNS = (
+    ("attack_success", "attack success (%)", 100.0, 1),
+    ("fed_accuracy", "federated accuracy (%)", 100.0, 1),
+    ("central_epsilon", "central ε", 1.0, 1),
+    ("max_client_epsilon", "largest client ε", 1.0, 2),
+    ("compression_ratio", "compression ratio", 1.0, 2),
+)
+"""Optional ``metrics.csv`` columns the report shows at the end of each run when any run has them:
+(column, heading, scale, decimals)."""
+
+
+def _extra_table(groups: list[Group]) -> list[str]:
+    """Final values of the optional columns (:data:`EXTRA_COLUMNS`) and bytes uploaded per update."""
+    finals = {g.label: [final_row(r.metrics) for r in g.runs] for g in groups}
+    shown = [c for c in EXTRA_COLUMNS if any(f.get(c[0], "") != "" for rows in finals.values() for f in rows)]
+    lines = _table_head(
+        "Final privacy, attack and communication metrics", "At each run's last evaluation.",
+        ("group", *(c[1] for c in shown), "bytes up per update"),
+    )
+    for g in groups:
+        cells = []
+        for column, _, scale, digits in shown:
+            values = [scale * float(f[column]) for f in finals[g.label] if f.get(column, "") != ""]
+            cells.append(_pm(mean_std(values), digits))
+        per_update = [float(f["bytes_up"]) / float(f["updates"]) for f in finals[g.label]
+                      if f.get("bytes_up", "") != "" and float(f.get("updates") or 0) > 0]
+        cells.append(_pm(mean_std(per_update), 0))
+        lines.append(f"| {g.label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -127,6 +127,9 @@ def test_a_two_axis_sweep_gets_matrices(tmp_path):
         "| attack | mean | median |\n|---|---|---|\n| clean | 1.0 (1/1) | — (0/1) |\n| flip | — (0/1) | — (0/1) |"
     ) in report
     assert "| attack=flip / aggregator=median | 0 |" in report
+    assert _table_row(report, "attack=flip / aggregator=mean", "Final privacy") == (
+        "| attack=flip / aggregator=mean | 95.0 ± 0.0 | — |"
+    )
 
 
 def test_bad_input_is_one_error(tmp_path):
