@@ -39,7 +39,7 @@ import yaml
 from .config import flatten
 from .fairness import CLIENT_ACCURACY_FILE, summarize
 from .results import read_csv
-from .sweep import read_manifest
+from .sweep import is_finished, read_manifest
 
 SEED_FIELDS = ("run.seed", "data.seed")
 """Fields in which runs of one group may differ."""
@@ -110,8 +110,10 @@ def load_run(path: Path, labels: dict[str, str] | None = None) -> RunData:
     )
 
 
-def collect_runs(dirs: Sequence[Path]) -> list[RunData]:
-    """The runs in ``dirs``: run folders as they are, sweep folders by their cells.
+def collect_runs(dirs: Sequence[Path], notes: list[str] | None = None) -> list[RunData]:
+    """The runs in ``dirs``: run folders as they are, sweep folders by their finished cells.
+
+    A sweep's cells that have not finished are left out and counted in ``notes``.
 
     Raises
     ------
@@ -119,15 +121,22 @@ def collect_runs(dirs: Sequence[Path]) -> list[RunData]:
         If a folder is neither a run folder nor holds run folders.
     """
     runs: list[RunData] = []
+    notes = [] if notes is None else notes
     for folder in map(Path, dirs):
         if (folder / "metrics.csv").is_file():
             runs.append(load_run(folder))
             continue
         manifest = read_manifest(folder)
         if manifest is not None:
+            missing = [c["name"] for c in manifest["cells"] if not is_finished(folder / c["name"])]
+            if missing:
+                notes.append(
+                    f"Sweep `{folder}`: {len(missing)} of {len(manifest['cells'])} cells have not "
+                    "finished and are left out (`fedstale sweep` again runs them)."
+                )
             for cell in manifest["cells"]:
                 run_dir = folder / cell["name"]
-                if (run_dir / "metrics.csv").is_file():
+                if cell["name"] not in missing:
                     labels = {a["name"]: cell["labels"][a["name"]] for a in manifest["axes"]}
                     run = load_run(run_dir, labels)
                     run.display = " / ".join(
@@ -313,12 +322,13 @@ def build_report(
     bad = [t for t in targets if not 0 < t <= 1]
     if bad:
         raise ReportError(f"--targets: accuracies must be in (0, 1], got {bad}")
-    groups = group_runs(collect_runs(dirs))
+    notes: list[str] = []
+    groups = group_runs(collect_runs(dirs, notes))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
     title = title or "Report: " + ", ".join(Path(d).resolve().name for d in dirs)
-    lines = [f"# {title}", "", _sources(dirs, groups), ""]
+    lines = [f"# {title}", "", _sources(dirs, groups), ""] + [n + "\n" for n in notes]
     lines += _runs_table(groups)
     lines += _extra_table(groups)
     lines += _matrix(dirs, groups, targets)

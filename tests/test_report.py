@@ -130,6 +130,11 @@ def test_a_two_axis_sweep_gets_matrices(tmp_path):
     assert _table_row(report, "attack=flip / aggregator=mean", "Final privacy") == (
         "| attack=flip / aggregator=mean | 95.0 ± 0.0 | — |"
     )
+    # a cell that has not finished (no model.pt) is left out, and said so
+    (sweep / "attack-flip_aggregator-median_seed-0" / "model.pt").unlink()
+    partial = build_report([sweep], tmp_path / "partial").read_text()
+    assert f"Sweep `{sweep}`: 1 of 4 cells have not finished and are left out" in partial
+    assert "| clean | 90.0 | 80.0 |\n| flip | 10.0 | — |" in partial
 
 
 def test_bad_input_is_one_error(tmp_path):
