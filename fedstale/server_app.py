@@ -20,6 +20,7 @@ from .config import (
 from .progress import log_line
 from .results import RunRecorder, unique_run_dir
 from .strategies import RunAborted
+from .tracking import TrackingRecorder, make_tracker
 from .resume import check_same_experiment, load_resume_point
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -73,10 +74,23 @@ def open_run(config: Config, config_path: Path) -> tuple[RunRecorder, dict[str, 
     return recorder, None
 
 
-def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
-    """Run (or, with ``run.resume``, continue) one experiment on ``grid``; return its folder."""
+def run_experiment(
+    grid: Grid,
+    config: Config,
+    config_path: Path,
+    tracker: str = "none",
+    tracking_uri: str | None = None,
+) -> Path:
+    """Run (or, with ``run.resume``, continue) one experiment on ``grid``; return its folder.
+
+    ``tracker`` (a name of :data:`fedstale.tracking.TRACKERS`) and
+    ``tracking_uri`` also send the run to TensorBoard or MLflow as it goes.
+    """
     check_data(config)
     recorder, resume = open_run(config, config_path)
+    tracking = make_tracker(tracker, recorder.run_dir, tracking_uri)
+    if tracking is not None:
+        recorder = TrackingRecorder(recorder, tracking)  # type: ignore[assignment]
     arrays = initial_arrays(config)
     log_line(
         "experiment '%s': %s %s, %d clients, C=%d, %s model (%d parameters) -> %s%s",

@@ -22,6 +22,17 @@ SEED_OVERRIDES: dict[str, int] = {"run.seed": SEED, "data.seed": SEED} if SEED e
 """Dotted overrides that apply :data:`SEED` (none for seed 0)."""
 
 
+TINY_OVERRIDES: dict[str, Any] = {
+    "data.num_clients": 6,
+    "strategy.concurrency": 3,
+    "strategy.buffer_size": 2,
+    "stop.num_updates": 6,
+    "evaluation.every": 3,
+    "output.plots": False,
+}
+"""A run of a few seconds: 6 clients, 3 at once, buffers of 2, 6 versions."""
+
+
 def config(name: str = "default", **overrides: Any) -> Config:
     """A shipped config with dotted-name overrides (``a__b`` means ``a.b``),
     run with :data:`SEED` unless the overrides name ``run.seed``/``data.seed``."""
