@@ -126,10 +126,22 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _tracker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracker", choices=TRACKER_CHOICES, default="none",
-                        help="also log to TensorBoard (<run>/tensorboard) or MLflow (default: none)")
+    parser.add_argument("--tracker", choices=TRACKER_CHOICES,
+                        help="also log to TensorBoard (<run>/tensorboard) or MLflow: "
+                        "the override output.tracker=NAME")
     parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: sqlite ./mlflow.db, artifacts ./mlruns)")
+                        help="MLflow tracking URI: the override output.tracking_uri=URI "
+                        "(default: sqlite ./mlflow.db, artifacts ./mlruns)")
+
+
+def _tracker_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """``--tracker``/``--tracking-uri`` as the config overrides they stand for."""
+    overrides = {}
+    if args.tracker:
+        overrides["output.tracker"] = args.tracker
+    if args.tracking_uri:
+        overrides["output.tracking_uri"] = args.tracking_uri
+    return overrides
 
 
 def help_texts() -> dict[str, str]:
@@ -152,11 +164,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # pylint: disable=import-outside-toplevel
     from .config import ConfigError
     from .runner import RunFailed, find_app_dir, parse_overrides, plan_run, run_flower, run_local
-    from .tracking import check_tracker, make_tracker, replay_run
 
     try:
-        check_tracker(args.tracker)
-        plan = plan_run(args.config, parse_overrides(args.overrides))
+        plan = plan_run(args.config, {**parse_overrides(args.overrides), **_tracker_overrides(args)})
         app = find_app_dir(args.app) if args.engine == "flower" else None
     except (ConfigError, ValueError) as err:
         print(err, file=sys.stderr)
@@ -165,12 +175,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     code = 0
     try:
         if app is None:
-            run_local(plan, args.tracker, args.tracking_uri)
+            run_local(plan)
         else:
             run_flower(plan, app)
-            tracker = make_tracker(args.tracker, plan.run_dir, args.tracking_uri)
-            if tracker is not None:
-                replay_run(plan.run_dir, tracker)
     except ConfigError as err:
         print(err, file=sys.stderr)
         code = 2
@@ -188,18 +195,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """``fedstale sweep``."""
     # pylint: disable=import-outside-toplevel
     from .config import ConfigError
+    from .config import load_config, resolve_config_path
     from .sweep import SweepError, load_spec, run_sweep
-    from .tracking import check_tracker
 
     try:
-        check_tracker(args.tracker)
         spec = load_spec(args.spec)
+        if args.tracker:  # the config check: a known tracker whose package is installed
+            load_config(resolve_config_path(spec.config, [Path.cwd(), spec.source.parent]), _tracker_overrides(args))
         if args.seeds is not None:
             if args.seeds < 1:
                 raise SweepError([f"--seeds: must be >= 1, got {args.seeds}"])
             spec.seeds = (spec.seeds or list(range(args.seeds)))[: args.seeds]
         out = Path(args.out) if args.out else Path("results") / spec.name
-        result = run_sweep(spec, out, args.workers, args.tracker, args.tracking_uri, app_dir=args.app)
+        # cells run without a tracker; the sweep's own process logs each finished
+        # cell (replay_run), so parallel cells never write to one store at once
+        result = run_sweep(spec, out, args.workers, args.tracker or "none", args.tracking_uri, app_dir=args.app)
     except (SweepError, ConfigError, ValueError) as err:
         print(err, file=sys.stderr)
         return 2

@@ -115,7 +115,7 @@ def plan_run(
     return RunPlan(path, fixed, load_config(path, fixed), run_dir)
 
 
-def run_local(plan: RunPlan, tracker: str = "none", tracking_uri: str | None = None) -> Path:
+def run_local(plan: RunPlan) -> Path:
     """Run ``plan`` on an in-process grid; return its folder.
 
     Raises
@@ -131,7 +131,7 @@ def run_local(plan: RunPlan, tracker: str = "none", tracking_uri: str | None = N
     from .simulation.local_grid import LocalGrid
 
     grid = LocalGrid(client_app, num_nodes=LOCAL_NODES)
-    return run_experiment(grid, plan.config, plan.config_path, tracker, tracking_uri)
+    return run_experiment(grid, plan.config, plan.config_path)
 
 
 def find_app_dir(app_dir: str | Path | None = None) -> Path:

@@ -74,21 +74,15 @@ def open_run(config: Config, config_path: Path) -> tuple[RunRecorder, dict[str, 
     return recorder, None
 
 
-def run_experiment(
-    grid: Grid,
-    config: Config,
-    config_path: Path,
-    tracker: str = "none",
-    tracking_uri: str | None = None,
-) -> Path:
+def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
     """Run (or, with ``run.resume``, continue) one experiment on ``grid``; return its folder.
 
-    ``tracker`` (a name of :data:`fedstale.tracking.TRACKERS`) and
-    ``tracking_uri`` also send the run to TensorBoard or MLflow as it goes.
+    With ``output.tracker`` (and ``output.tracking_uri``) the run also goes to
+    TensorBoard or MLflow as it is written (:mod:`fedstale.tracking`).
     """
     check_data(config)
     recorder, resume = open_run(config, config_path)
-    tracking = make_tracker(tracker, recorder.run_dir, tracking_uri)
+    tracking = make_tracker(config.output.tracker, recorder.run_dir, config.output.tracking_uri or None)
     if tracking is not None:
         recorder = TrackingRecorder(recorder, tracking)  # type: ignore[assignment]
     arrays = initial_arrays(config)

@@ -20,7 +20,6 @@ Two ways to feed a tracker:
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -200,38 +199,19 @@ TRACKERS: dict[str, Callable[[Path, str | None], Tracker] | None] = {
 """``output.tracker`` name → builder ``(run_dir, tracking_uri) -> Tracker`` (none: no tracker)."""
 
 
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-"""The package each tracker needs (its extra has the same name)."""
-
-
-def check_tracker(name: str) -> None:
-    """Check, before any work, that tracker ``name`` exists and its package is installed.
-
-    Raises
-    ------
-    ValueError
-        Naming the choices, or the extra to install.
-    """
-    if name not in TRACKERS:
-        raise ValueError(f"tracker: '{name}' is not one of {', '.join(TRACKERS)}")
-    package = TRACKER_PACKAGES.get(name)
-    if package and importlib.util.find_spec(package) is None:
-        raise ValueError(
-            f"tracker: {name} needs the {package} package; pip install 'fedstale[{name}]'"
-        )
-
-
 def make_tracker(name: str, run_dir: Path, tracking_uri: str | None = None) -> Tracker | None:
     """The tracker ``name`` for the run in ``run_dir`` (None for ``none``).
+
+    ``name`` comes from a validated config (``output.tracker``, whose check
+    also makes sure the tracker's package is installed).
 
     Raises
     ------
     ValueError
         If ``name`` is not a key of :data:`TRACKERS`.
-    ImportError
-        If the tracker's package is not installed (the message says what to install).
     """
-    check_tracker(name)
+    if name not in TRACKERS:
+        raise ValueError(f"output.tracker: '{name}' is not one of {', '.join(TRACKERS)}")
     builder = TRACKERS[name]
     return None if builder is None else builder(Path(run_dir), tracking_uri)
 

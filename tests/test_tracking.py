@@ -8,7 +8,8 @@ import pytest
 
 from fedstale.results import read_csv
 from fedstale.runner import plan_run, run_local
-from fedstale.tracking import TrackingRecorder, check_tracker, make_tracker, replay_run
+from fedstale.config import ConfigError
+from fedstale.tracking import TrackingRecorder, make_tracker, replay_run
 from tests.helpers import CONFIGS, TINY_OVERRIDES as TINY
 
 
@@ -49,18 +50,31 @@ def test_tracking_recorder_forwards_every_call_and_logs_evaluations():
     ]
 
 
-def test_unknown_tracker_is_refused():
-    with pytest.raises(ValueError, match="tracker: 'wandb' is not one of none, tensorboard, mlflow"):
-        check_tracker("wandb")
+def test_unknown_or_missing_tracker_is_refused_before_any_work(monkeypatch):
+    with pytest.raises(ConfigError, match="output.tracker: 'wandb' is not one of none, tensorboard, mlflow"):
+        plan_run(CONFIGS / "default.yaml", {"output.tracker": "wandb"})
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match=r"output.tracker: mlflow needs the mlflow package; pip install 'fedstale\[mlflow\]'"):
+        plan_run(CONFIGS / "default.yaml", {"output.tracker": "mlflow"})
     assert make_tracker("none", Path(".")) is None
+
+
+def test_the_config_offers_exactly_the_trackers_there_are():
+    import dataclasses  # pylint: disable=import-outside-toplevel
+
+    from fedstale.config import OutputConfig  # pylint: disable=import-outside-toplevel
+    from fedstale.tracking import TRACKERS  # pylint: disable=import-outside-toplevel
+
+    field = next(f for f in dataclasses.fields(OutputConfig) if f.name == "tracker")
+    assert tuple(field.metadata["choices"]) == tuple(TRACKERS)
 
 
 def test_tensorboard_event_file_holds_the_metrics(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    plan = plan_run(CONFIGS / "default.yaml", {**TINY, "output.plots": True}, cwd=tmp_path)
-    run_dir = run_local(plan, tracker="tensorboard")
+    plan = plan_run(CONFIGS / "default.yaml", {**TINY, "output.plots": True, "output.tracker": "tensorboard"}, cwd=tmp_path)
+    run_dir = run_local(plan)
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1
     accumulator = EventAccumulator(str(run_dir / "tensorboard"))

@@ -9,6 +9,8 @@ builders, which import the strategies.
 
 from __future__ import annotations
 
+import importlib.util
+
 from .fields import to_dict
 from .schema import SPEED_PARAM_NAMES, SPEED_PARAMETERS, Config, SpeedConfig
 
@@ -46,7 +48,20 @@ def cross_checks(config: Config, explicit: set[str]) -> list[str]:
     problems += _data_model_checks(config)
     problems += _privacy_checks(config)
     problems += _resume_checks(config)
+    problems += _tracker_checks(config)
     return problems
+
+
+def _tracker_checks(config: Config) -> list[str]:
+    """A tracker whose package is missing would fail at the first row: say so now.
+
+    Each tracker's package has the tracker's name (``tensorboard``,
+    ``mlflow``), and so has the extra that installs it.
+    """
+    name = config.output.tracker
+    if name != "none" and importlib.util.find_spec(name) is None:
+        return [f"output.tracker: {name} needs the {name} package; pip install 'fedstale[{name}]'"]
+    return []
 
 
 def _resume_checks(config: Config) -> list[str]:

@@ -277,6 +277,12 @@ class OutputConfig:
         10, "save checkpoints/resume.pt (everything run.resume needs) every this many versions (0: never)", ge=0
     )
     plots: bool = _f(True, "write PNG plots at the end")
+    tracker: str = _f(
+        "none",
+        "also log the run to TensorBoard (<run>/tensorboard) or MLflow (the tensorboard / mlflow extra)",
+        choices=("none", "tensorboard", "mlflow"),
+    )
+    tracking_uri: str = _f("", "MLflow tracking URI (empty: a SQLite store ./mlflow.db, artifacts in ./mlruns)")
 
 
 @dataclass
