@@ -333,7 +333,10 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
 
     Under a backdoor attack it adds ``attack-success``: the accuracy on the
     triggered test set (test images of other classes, triggered, labelled
-    with the target), i.e. the share the backdoor sends to its target.
+    with the target), i.e. the share the backdoor sends to its target; and
+    ``non-target-accuracy``: the clean accuracy on those same images,
+    untriggered (the main task where the backdoor does not aim; the overall
+    ``accuracy`` also counts the target class, which a backdoor inflates).
     """
     d = config.data
     data = load_split(d.dataset, d.test_fraction, d.seed, path=d.path)
@@ -347,6 +350,8 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
         backdoor = backdoor_test_set(
             data.x_test, data.y_test, config.attack.target_label, config.attack.trigger_size
         )
+        keep = data.y_test != config.attack.target_label
+        others = (data.x_test[keep], data.y_test[keep])
 
     def evaluate_fn(version: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -354,6 +359,7 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
         record = MetricRecord({"accuracy": accuracy, "loss": loss})
         if backdoor is not None:
             record["attack-success"] = evaluate(model, backdoor[0], backdoor[1], device)[1]
+            record["non-target-accuracy"] = evaluate(model, *others, device)[1]
         return record
 
     return evaluate_fn

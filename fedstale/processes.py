@@ -39,6 +39,23 @@ def pids_with_flwr_home(flwr_home: str) -> list[int]:
     and workers) inherits it in its environment.
     """
     marker = f"FLWR_HOME={flwr_home}".encode()
+    return _pids_matching(
+        lambda cmdline, environ: flwr_home.encode() in cmdline or marker + b"\0" in environ + b"\0"
+    )
+
+
+def pids_with_env(name: str, value: str) -> list[int]:
+    """Processes (other than this one) whose environment holds ``name=value``.
+
+    A variable set before starting a tree of processes (e.g. a local Ray
+    instance: its GCS, raylet and workers) marks every process of the tree.
+    """
+    marker = b"\0" + f"{name}={value}".encode() + b"\0"
+    return _pids_matching(lambda _cmdline, environ: marker in b"\0" + environ + b"\0")
+
+
+def _pids_matching(match: Callable[[bytes, bytes], bool]) -> list[int]:
+    """Live processes, other than this one, whose (cmdline, environ) ``match``."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -50,7 +67,7 @@ def pids_with_flwr_home(flwr_home: str) -> list[int]:
             continue
         if not alive(int(entry.name)):
             continue
-        if flwr_home.encode() in cmdline or marker + b"\0" in environ + b"\0":
+        if match(cmdline, environ):
             pids.append(int(entry.name))
     return pids
 

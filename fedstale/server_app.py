@@ -20,6 +20,7 @@ from .config import (
 from .progress import log_line
 from .results import RunRecorder, unique_run_dir
 from .strategies import RunAborted
+from .tracking import TrackingRecorder, make_tracker
 from .resume import check_same_experiment, load_resume_point
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -74,9 +75,16 @@ def open_run(config: Config, config_path: Path) -> tuple[RunRecorder, dict[str, 
 
 
 def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
-    """Run (or, with ``run.resume``, continue) one experiment on ``grid``; return its folder."""
+    """Run (or, with ``run.resume``, continue) one experiment on ``grid``; return its folder.
+
+    With ``output.tracker`` (and ``output.tracking_uri``) the run also goes to
+    TensorBoard or MLflow as it is written (:mod:`fedstale.tracking`).
+    """
     check_data(config)
     recorder, resume = open_run(config, config_path)
+    tracking = make_tracker(config.output.tracker, recorder.run_dir, config.output.tracking_uri or None)
+    if tracking is not None:
+        recorder = TrackingRecorder(recorder, tracking)  # type: ignore[assignment]
     arrays = initial_arrays(config)
     log_line(
         "experiment '%s': %s %s, %d clients, C=%d, %s model (%d parameters) -> %s%s",

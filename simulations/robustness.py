@@ -2,14 +2,16 @@
 
 What is run
 -----------
-``configs/robustness.yaml`` (digits, 20 IID clients, synchronous rounds of
-all 20 clients, 30 rounds, 1 local epoch, ``strategy.robust.f = 4``), with
-4 of the 20 clients malicious (``attack.fraction = 0.2``, the same ids for
-every cell of a seed) and, per cell, ``strategy.aggregator`` and ``attack``
-overridden as listed in ``AGGREGATORS`` and ``ATTACKS`` below. Each cell is
-run in process on :class:`fedstale.simulation.local_grid.LocalGrid` (the
-virtual clock makes it deterministic for a seed) and averaged over
-``--seeds`` seeds.
+The sweep ``simulations/experiments/robustness.yaml``: ``configs/robustness.yaml``
+(digits, 20 IID clients, synchronous rounds of all 20 clients, 30 rounds,
+1 local epoch, ``strategy.robust.f = 4``), with 4 of the 20 clients
+malicious (``attack.fraction = 0.2``, the same ids for every cell of a seed)
+and, per cell, ``strategy.aggregator`` and ``attack`` overridden as the
+spec's ``aggregator`` and ``attack`` axes list them. The cells run on
+fedstale's sweep engine (:mod:`fedstale.sweep`: in process on
+:class:`fedstale.simulation.local_grid.LocalGrid`, as Ray tasks, resumable;
+the virtual clock makes each cell deterministic for a seed) and are
+averaged over ``--seeds`` seeds (0, 1, ...).
 
 ``--mode async`` runs the same matrix with FedBuff (C = 10, K = 12,
 f = 2, robust reducers over each buffer) instead of synchronous rounds.
@@ -18,56 +20,30 @@ Output
 ------
 A markdown table of final test accuracy (%) per aggregator × attack, the
 backdoor's attack success rate (%), and a CSV with every cell and seed,
-written to ``--out`` (default ``results/robustness/``). The last line names
-the two files.
+written to ``--out`` (default ``results/robustness/``), whose
+``sweep_<mode>/`` holds the cells' run folders (``fedstale report`` draws
+them). The last line names the two files.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import logging
+import math
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # pylint: disable=wrong-import-position
-from fedstale.config import load_config  # noqa: E402
-from fedstale.simulation.local_grid import run_in_process  # noqa: E402
-from fedstale.strategies import MemoryRecorder  # noqa: E402
+from fedstale.results import read_csv  # noqa: E402
+from fedstale.sweep import Axis, is_finished, load_spec, run_sweep  # noqa: E402
 
-AGGREGATORS: dict[str, str] = {
-    "FedAvg": "mean",
-    "Median": "median",
-    "TrMean": "trimmed_mean",
-    "Krum": "krum",
-    "MultiKrum": "multi_krum",
-    "Bulyan": "bulyan",
-    "GeoMed": "geometric_median",
-    "CClip": "centered_clipping",
-    "Clip>NNM>TrMean": "clip>nnm>trimmed_mean",
-}
-"""Column label → ``strategy.aggregator``."""
-
-ATTACKS: dict[str, dict[str, Any]] = {
-    "clean": {"attack.name": "none"},
-    "sign flip x1": {"attack.name": "sign_flip", "attack.boost": 1.0},
-    "sign flip x5": {"attack.name": "sign_flip", "attack.boost": 5.0},
-    "scaling x10": {"attack.name": "scaling", "attack.scale": 10.0},
-    "model scaling x10": {"attack.name": "model_scaling", "attack.scale": 10.0},
-    "Gaussian s=1": {"attack.name": "gaussian", "attack.sigma": 1.0},
-    "label flip": {"attack.name": "label_flip", "attack.poison_fraction": 1.0},
-    "IPM e=10": {"attack.name": "ipm", "attack.epsilon": 10.0},
-    "ALIE z=1.5": {"attack.name": "alie", "attack.z": 1.5},
-    "backdoor x5": {"attack.name": "backdoor", "attack.boost": 5.0},
-}
-"""Row label → attack overrides."""
+SPEC = REPO / "simulations" / "experiments" / "robustness.yaml"
+"""The sweep: its ``attack`` axis gives the rows, its ``aggregator`` axis the columns."""
 
 ASYNC_OVERRIDES = {
     "strategy.name": "fedbuff",
@@ -81,79 +57,72 @@ ASYNC_OVERRIDES = {
 """``--mode async``: FedBuff, 10 clients training at once, buffers of 12
 (Bulyan with f = 2 needs 11), 50 versions: the same 600 client updates."""
 
-# Parameters of each aggregator that depend on the buffer size.
-CLIP_NORMS = {"sync": 1.0, "async": 1.0}
 
-
-def run_cell(aggregator: str, attack: dict[str, Any], seed: int, mode: str) -> dict[str, float]:
-    """Final accuracy and backdoor success of one cell."""
-    overrides: dict[str, Any] = {
-        "run.seed": seed,
-        "strategy.aggregator": aggregator,
-        "strategy.robust.cc_tau": 0.1,
-        "strategy.robust.clip_norm": CLIP_NORMS[mode],
-        **attack,
-    }
-    if mode == "async":
-        overrides.update(ASYNC_OVERRIDES)
-    config = load_config(REPO / "configs" / "robustness.yaml", overrides)
-    recorder = MemoryRecorder()
-    run_in_process(config, recorder)
-    final = recorder.evaluations[-1]
-    success = final.get("attack_success", "")
-    return {
-        "accuracy": 100.0 * float(final["accuracy"]),
-        "attack_success": float("nan") if success == "" else 100.0 * float(success),
-    }
+def _select(axis: Axis, wanted: str, parser: argparse.ArgumentParser) -> list[str]:
+    """Keep the values of ``axis`` whose labels are listed in ``wanted`` (comma-separated)."""
+    names = [w.strip() for w in wanted.split(",")] if wanted else list(axis.labels)
+    for name in names:
+        if name not in axis.labels:
+            parser.error(f"unknown {axis.name} '{name}'; choose from {', '.join(axis.labels)}")
+    keep = [axis.labels.index(n) for n in names]
+    axis.values = [axis.values[i] for i in keep]
+    axis.labels = [axis.labels[i] for i in keep]
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    spec = load_spec(SPEC)
+    axes = {a.name: a for a in spec.axes}
     parser = argparse.ArgumentParser(
         description="Final accuracy of every aggregator under every attack (20% attackers, digits)."
     )
     parser.add_argument("--seeds", type=int, default=1, help="seeds per cell (default: 1)")
     parser.add_argument("--mode", choices=("sync", "async"), default="sync",
                         help="sync rounds of 20 clients (default) or FedBuff async buffers")
-    parser.add_argument("--aggregators", default=",".join(AGGREGATORS),
-                        help="comma-separated column labels to run (default: all)")
-    parser.add_argument("--attacks", default=",".join(ATTACKS),
-                        help="comma-separated row labels to run (default: all)")
+    parser.add_argument("--aggregators", default="",
+                        help="comma-separated column labels to run (default: all of "
+                        + ", ".join(axes["aggregator"].labels) + ")")
+    parser.add_argument("--attacks", default="",
+                        help="comma-separated row labels to run (default: all of "
+                        + ", ".join(axes["attack"].labels) + ")")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="cells at once (default: the CPU count; 0: in this process, without Ray)")
     parser.add_argument("--out", default="results/robustness", help="output folder")
     args = parser.parse_args(argv)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    columns = [c.strip() for c in args.aggregators.split(",")]
-    rows = [r.strip() for r in args.attacks.split(",")]
-    for name in columns:
-        if name not in AGGREGATORS:
-            parser.error(f"unknown aggregator '{name}'; choose from {', '.join(AGGREGATORS)}")
-    for name in rows:
-        if name not in ATTACKS:
-            parser.error(f"unknown attack '{name}'; choose from {', '.join(ATTACKS)}")
+    columns = _select(axes["aggregator"], args.aggregators, parser)
+    rows = _select(axes["attack"], args.attacks, parser)
+    spec.seeds = list(range(args.seeds))
+    if args.mode == "async":
+        spec.overrides.update(ASYNC_OVERRIDES)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    result = run_sweep(spec, out / f"sweep_{args.mode}", workers=args.workers)
+    cells: dict[tuple[str, str], list[dict[str, float]]] = {}
     csv_path = out / f"robustness_{args.mode}.csv"
     md_path = out / f"robustness_{args.mode}.md"
-    started = time.perf_counter()
-    cells: dict[tuple[str, str], list[dict[str, float]]] = {}
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["mode", "attack", "aggregator", "seed", "accuracy", "attack_success"])
-        for attack in rows:
-            for column in columns:
-                for seed in range(args.seeds):
-                    cell = run_cell(AGGREGATORS[column], ATTACKS[attack], seed, args.mode)
-                    cells.setdefault((attack, column), []).append(cell)
-                    writer.writerow([args.mode, attack, column, seed,
-                                     f"{cell['accuracy']:.2f}", f"{cell['attack_success']:.2f}"])
-                    handle.flush()
-                    print(f"  {attack:<14} {column:<16} seed {seed}: acc {cell['accuracy']:.1f}%"
-                          + ("" if cell["attack_success"] != cell["attack_success"]
-                             else f", backdoor success {cell['attack_success']:.1f}%"), flush=True)
+        for cell in result.cells:
+            if not is_finished(cell.run_dir):
+                continue  # failed: listed below
+            attack, column = cell.labels["attack"], cell.labels["aggregator"]
+            final = [r for r in read_csv(cell.run_dir / "metrics.csv") if r["accuracy"] != ""][-1]
+            success = final.get("attack_success", "")
+            value = {
+                "accuracy": 100.0 * float(final["accuracy"]),
+                "attack_success": float("nan") if success == "" else 100.0 * float(success),
+            }
+            cells.setdefault((attack, column), []).append(value)
+            writer.writerow([args.mode, attack, column, cell.seed,
+                             f"{value['accuracy']:.2f}", f"{value['attack_success']:.2f}"])
+            print(f"  {attack:<14} {column:<16} seed {cell.seed}: acc {value['accuracy']:.1f}%"
+                  + ("" if value["attack_success"] != value["attack_success"]
+                     else f", backdoor success {value['attack_success']:.1f}%"), flush=True)
 
     def mean(attack: str, column: str, key: str) -> float:
-        return statistics.fmean(c[key] for c in cells[(attack, column)])
+        return statistics.fmean(c[key] for c in cells.get((attack, column), [{key: math.nan}]))
 
     lines = [
         f"Test accuracy (%) after {'30 rounds of 20 clients' if args.mode == 'sync' else '600 updates (FedBuff, C=10, K=12, f=2)'}, "
@@ -170,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print()
     print("\n".join(lines))
-    print(f"\n({time.perf_counter() - started:.0f}s)")
+    print(f"\n({result.wall:.0f}s; {len(result.skipped)} cells already finished)")
+    if result.failed:
+        print("failed cells: " + ", ".join(o.name for o in result.failed))
     print(f"wrote {md_path} and {csv_path}")
-    return 0
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

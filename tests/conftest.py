@@ -1,11 +1,35 @@
-"""Shared fixtures: keep Flower's INFO logs out of the test output."""
+"""Shared fixtures: quiet Flower logs, and ``learned`` for measured quantities.
+
+A test that asserts a learned quantity (an accuracy, an attack success rate,
+an ε reached, a speed-up) checks it through the ``learned`` fixture::
+
+    def test_fedbuff_learns(learned):
+        ...
+        learned.at_least("final accuracy", accuracy, 0.85)
+
+Such tests carry the ``learned`` marker (added here), and their thresholds
+come from a seed table in the test module's docstring:
+``python simulations/seed_table.py`` runs ``pytest -m learned`` once per
+seed with ``FEDSTALE_TEST_SEED`` set (:data:`tests.helpers.SEED`) and
+``FEDSTALE_SEED_TABLE`` naming a JSON-lines file; each check appends its
+value there, and all of a test's checks are evaluated before it fails, so
+one bad seed does not hide the other statistics.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from pathlib import Path
 
 import pytest
 from flwr.common.logger import FLOWER_LOGGER
+
+from tests.helpers import SEED
+
+TABLE = os.environ.get("FEDSTALE_SEED_TABLE", "")
+"""Where ``learned`` appends its measurements (empty: nowhere)."""
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +39,62 @@ def _quiet_flower_logs():
     FLOWER_LOGGER.setLevel(logging.WARNING)
     yield
     FLOWER_LOGGER.setLevel(level)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """Workers for ``-n auto`` (``addopts``): ``FEDSTALE_TEST_WORKERS``, or twice the
+    CPUs (at most 8). Half the suite's time is real Flower processes waiting
+    (SuperNodes polling, Ray starting), so more workers than cores pay off."""
+    del config
+    if os.environ.get("FEDSTALE_TEST_WORKERS"):
+        return int(os.environ["FEDSTALE_TEST_WORKERS"])
+    return min(8, 2 * (os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses the ``learned`` fixture."""
+    for item in items:
+        if "learned" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.learned)
+
+
+class Learned:
+    """Checks of learned quantities against their bounds, recorded per seed.
+
+    Without ``FEDSTALE_SEED_TABLE`` a failed check raises at once; with it,
+    every check of the test is recorded and the failures are raised together
+    when the test ends.
+    """
+
+    def __init__(self, nodeid: str) -> None:
+        self.nodeid = nodeid
+        self.failures: list[str] = []
+
+    def at_least(self, name: str, value: float, floor: float) -> None:
+        """Check ``value >= floor``."""
+        self._check(name, float(value), ">=", floor, float(value) >= floor)
+
+    def at_most(self, name: str, value: float, ceiling: float) -> None:
+        """Check ``value <= ceiling``."""
+        self._check(name, float(value), "<=", ceiling, float(value) <= ceiling)
+
+    def _check(self, name: str, value: float, op: str, bound: float, ok: bool) -> None:
+        message = f"{name}: {value:.4f}, expected {op} {bound:g} (seed {SEED})"
+        if TABLE:
+            record = {"test": self.nodeid, "stat": name, "value": value, "op": op,
+                      "bound": bound, "seed": SEED, "ok": ok}
+            with Path(TABLE).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if not ok:
+                self.failures.append(message)
+        elif not ok:
+            raise AssertionError(message)
+
+
+@pytest.fixture
+def learned(request):
+    """A :class:`Learned` for this test."""
+    checks = Learned(request.node.nodeid)
+    yield checks
+    if checks.failures:
+        pytest.fail("; ".join(checks.failures))

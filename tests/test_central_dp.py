@@ -1,4 +1,11 @@
-"""Central (server-side) DP: clipping, calibrated noise, accounting, refusals, runs."""
+"""Central (server-side) DP: clipping, calibrated noise, accounting, refusals, runs.
+
+Seed table (``python simulations/seed_table.py``; seeds 0-1, 2 CPU cores, 2026-12-01):
+the worst value of each check over the seeds, its bound, and the margin between them.
+
+| test | statistic | seeds | worst | bound | margin |
+|---|---|---|---|---|---|
+| test_central_dp_run_reports_a_growing_epsilon | final accuracy | 0-1 | 0.681 | >= 0.5 | 0.181 |"""
 
 from __future__ import annotations
 
@@ -177,7 +184,7 @@ def test_allow_robust_accepts_a_median_with_central_dp():
     assert cfg.strategy.aggregator == "median"
 
 
-def test_central_dp_run_reports_a_growing_epsilon(tmp_path):
+def test_central_dp_run_reports_a_growing_epsilon(tmp_path, learned):
     """FedBuff with client-side clipping (through the real ClientApp mods) and server noise."""
     cfg = config(
         run__output_dir=str(tmp_path), run__name="cdp", stop__num_updates=40, evaluation__every=20,
@@ -191,7 +198,7 @@ def test_central_dp_run_reports_a_growing_epsilon(tmp_path):
     epsilons = [float(r["central_epsilon"]) for r in rows if r["central_epsilon"]]
     assert len(epsilons) == 2 and epsilons[0] < epsilons[-1]
     assert epsilons[-1] == pytest.approx(_dp_accounting_epsilon(0.01, 40, None), rel=1e-6)
-    assert float(rows[-1]["accuracy"]) > 0.5  # without DP: 0.62 at 40 versions
+    learned.at_least("final accuracy", float(rows[-1]["accuracy"]), 0.5)
     _, strategy, _ = run(config(stop__num_updates=2, privacy__central__enabled=True))
     assert strategy.central_dp.num_releases == 2
 

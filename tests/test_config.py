@@ -1,4 +1,4 @@
-"""Tests of the experiment configuration (fedstale/config.py)."""
+"""Tests of the experiment configuration (fedstale/config/)."""
 
 from __future__ import annotations
 
@@ -278,6 +278,26 @@ def test_concurrency_above_num_clients() -> None:
     assert build_config({"strategy.concurrency": 20, "data.num_clients": 20}).strategy.concurrency == 20
 
 
+def test_aggregator_pipeline_checked_against_the_registries() -> None:
+    """strategy.aggregator names registered stages; the buffer (async) or the
+    barrier (sync) holds at least what the pipeline needs with strategy.robust.f."""
+    assert _problems({"strategy.aggregator": "median>mean"}) == [
+        "strategy.aggregator: 'median' is not a pre-aggregator; accepted before '>': "
+        "clip, nnm, bucketing"
+    ]
+    assert _problems({"strategy.aggregator": "krum", "strategy.robust.f": 2}) == [
+        "strategy.buffer_size: 'krum' with strategy.robust.f = 2 needs at least 7 updates "
+        "per aggregation, got 5"
+    ]
+    assert _problems(
+        {"strategy.name": "fedavg", "strategy.aggregator": "bucketing>krum", "strategy.robust.f": 3}
+    ) == [
+        "strategy.concurrency: 'bucketing>krum' with strategy.robust.f = 3 needs at least 18 "
+        "updates per aggregation, got 10"
+    ]
+    assert build_config({"strategy.aggregator": "clip>nnm>krum"}).strategy.aggregator == "clip>nnm>krum"
+
+
 def test_speed_param_not_used_by_distribution() -> None:
     """An explicit parameter the distribution does not use is an error."""
     problems = _problems(
@@ -484,3 +504,59 @@ def test_switching_distribution_by_override_drops_the_files_parameters(tmp_path:
     assert (speed.mean, speed.sigma, speed.shape, speed.scale, speed.cap) == (0.01, 1.0, None, None, None)
     same = load_config(path, {"delay.speed.distribution": "pareto", "delay.speed.cap": 2.0})
     assert (same.delay.speed.shape, same.delay.speed.scale, same.delay.speed.cap) == (2.0, 0.01, 2.0)
+
+
+# --------------------------------------------------------------------------
+# Imports
+# --------------------------------------------------------------------------
+
+
+def _fedstale_imports(path: Path) -> set[str]:
+    """The fedstale modules ``path`` imports, at the top or inside functions."""
+    import ast
+
+    module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module[: -len(".__init__")]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            name = ".".join(base + ([node.module] if node.module else []))
+            found |= {name} | {f"{name}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name.startswith("fedstale")}
+
+
+def _module_path(name: str) -> Path | None:
+    path = REPO.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_config_never_reaches_the_builders_or_the_strategies() -> None:
+    """Validating a config asks the registries (data, models, aggregation),
+    never the builders: that import closed a cycle through the strategies."""
+    seen, todo = set(), sorted(str(p) for p in (REPO / "fedstale" / "config").glob("*.py"))
+    while todo:
+        path = Path(todo.pop())
+        for name in _fedstale_imports(path):
+            parts = name.split(".")
+            for i in range(2, len(parts) + 1):  # a module and the packages it runs
+                target = _module_path(".".join(parts[:i]))
+                if target is not None and str(target) not in seen:
+                    seen.add(str(target))
+                    todo.append(str(target))
+    reached = {str(Path(p).relative_to(REPO)) for p in seen}
+    assert "fedstale/aggregation/pipeline.py" in reached  # strategy.aggregator's check
+    assert not {p for p in reached if p.startswith(("fedstale/builders", "fedstale/strategies"))}
+
+
+@pytest.mark.parametrize("package", ["data", "models", "aggregation"])
+def test_registries_do_not_import_config_or_builders(package: str) -> None:
+    """What config asks for its choices and checks never imports it back."""
+    for path in sorted((REPO / "fedstale" / package).glob("*.py")):
+        bad = {n for n in _fedstale_imports(path) if n.startswith(("fedstale.config", "fedstale.builders"))}
+        assert not bad, (path.name, bad)

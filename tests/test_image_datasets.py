@@ -4,6 +4,14 @@ No test needs the internet: each builds a tiny, learnable dataset (the label
 decides which 4×4 block of the image is bright), writes it the way
 ``datasets``, the Hugging Face hub or torchvision would, and loads it through
 :func:`fedstale.data.load_split` (the path every run takes).
+
+Seed table (``python simulations/seed_table.py``; seeds 0-1, 2 CPU cores, 2026-12-01):
+the worst value of each check over the seeds, its bound, and the margin between them.
+
+| test | statistic | seeds | worst | bound | margin |
+|---|---|---|---|---|---|
+| test_an_image_dataset_trains_from_a_local_copy | final accuracy | 0-1 | 1.000 | >= 0.9 | 0.100 |
+| test_an_image_dataset_trains_from_a_local_copy | initial accuracy | 0-1 | 0.183 | <= 0.3 | 0.117 |
 """
 
 from __future__ import annotations
@@ -171,7 +179,7 @@ def test_crop_flip_is_seeded_and_keeps_content():
         assert values <= set(image.flatten().tolist())
 
 
-def test_an_image_dataset_trains_from_a_local_copy(tmp_path):
+def test_an_image_dataset_trains_from_a_local_copy(tmp_path, learned):
     """FedBuff on the tiny learnable MNIST-format folder: the clients read
     ``data.path`` from their TRAIN config and the model learns the blocks."""
     _dataset_dict((1, 28, 28), "image", "label").save_to_disk(str(tmp_path / "mnist"))
@@ -187,8 +195,8 @@ def test_an_image_dataset_trains_from_a_local_copy(tmp_path):
         client__local_epochs=2,
     )
     _, _, recorder = run(cfg)
-    assert recorder.evaluations[0]["accuracy"] < 0.3
-    assert recorder.evaluations[-1]["accuracy"] >= 0.9
+    learned.at_most("initial accuracy", recorder.evaluations[0]["accuracy"], 0.3)
+    learned.at_least("final accuracy", recorder.evaluations[-1]["accuracy"], 0.9)
 
 
 

@@ -1,4 +1,11 @@
-"""Simulated secure aggregation: fixed point, masks that cancel, dropout, the strategy."""
+"""Simulated secure aggregation: fixed point, masks that cancel, dropout, the strategy.
+
+Seed table (``python simulations/seed_table.py``; seeds 0-1, 2 CPU cores, 2026-12-01):
+the worst value of each check over the seeds, its bound, and the margin between them.
+
+| test | statistic | seeds | worst | bound | margin |
+|---|---|---|---|---|---|
+| test_async_secure_fedbuff_learns | final accuracy | 0-1 | 0.700 | >= 0.5 | 0.200 |"""
 
 from __future__ import annotations
 
@@ -177,7 +184,7 @@ def test_secagg_refuses_what_needs_individual_updates(overrides, text):
         config(privacy__secagg__enabled=True, **overrides)
 
 
-def test_async_secure_fedbuff_learns():
+def test_async_secure_fedbuff_learns(learned):
     _, strategy, rec = run(config(stop__num_updates=60, evaluation__every=60, privacy__secagg__enabled=True))
     assert strategy.version == 60
-    assert float(rec.evaluations[-1]["accuracy"]) > 0.5
+    learned.at_least("final accuracy", float(rec.evaluations[-1]["accuracy"]), 0.5)

@@ -117,7 +117,7 @@ def _layout(path: str) -> str:
     if not path:
         return "hub"
     if not os.path.isdir(path):
-        raise ValueError(f"data.path: '{path}' is not a folder; give a local copy (see README, 'Datasets')")
+        raise ValueError(f"data.path: '{path}' is not a folder; give a local copy (see docs/datasets-models.md)")
     if os.path.exists(os.path.join(path, "dataset_dict.json")):
         return "saved"
     if glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True):
@@ -153,7 +153,7 @@ def _hf_splits(info: ImageDataset, path: str, layout: str) -> tuple[Any, Any]:
             raise ValueError(
                 f"data.dataset '{info.name}': could not load '{info.hub_id}' from the "
                 f"Hugging Face hub or its cache ({type(err).__name__}); without internet set "
-                f"data.path to a local copy (see README, 'Datasets')"
+                f"data.path to a local copy (see docs/datasets-models.md)"
             ) from err
     for split in ("train", "test"):
         if split not in loaded:
