@@ -7,8 +7,21 @@ runs with ``flwr run APP deploy --stream`` exactly as a user would on two
 machines, and stops every process it started by PID, including the
 SuperExec, ``flwr-serverapp`` and ``flwr-clientapp`` processes Flower
 starts in sessions of their own (see :mod:`fedstale.processes`). With
-:class:`~fedstale.certificates.Credentials` the SuperLink serves TLS and
-may require SuperNode authentication.
+:class:`~fedstale.certificates.Credentials` the SuperLink serves TLS (and
+so do the SuperNodes' Runtime APIs) and may require SuperNode
+authentication.
+
+Each SuperNode's ClientApps run under one of three SuperExecs
+(``superexec=``):
+
+- ``"fedstale"`` (default): the SuperNode is started with ``--isolation
+  process`` and next to it ``python -m fedstale.superexec`` (the ``fedstale
+  superexec`` command, :mod:`fedstale.superexec`), which serves every task
+  in a warm worker process;
+- ``"flower"``: the same topology with Flower's ``flower-superexec`` in its
+  place (one ``flwr-clientapp`` process per task), the same flags;
+- ``"supernode"``: Flower's default, the SuperNode (``--isolation
+  subprocess``) starts ``flower-superexec`` itself.
 
 Example::
 
@@ -43,8 +56,24 @@ FEDERATION = "deploy"
 ACTIVATED = re.compile(r"\[Fleet\.ActivateNode\] Activated node_id=(\d+)")
 
 
+SUPEREXECS = ("fedstale", "flower", "supernode")
+"""The ``superexec`` choices of :class:`LocalDeployment`."""
+
+
 class DeploymentError(RuntimeError):
     """A SuperLink or SuperNode did not start or connect; carries their logs."""
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether 127.0.0.1:``port`` accepts connections before ``proc`` exits or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 class LocalDeployment:
@@ -62,16 +91,29 @@ class LocalDeployment:
     supernode_auth : bool
         Start the SuperLink with ``--enable-supernode-auth``: only SuperNodes
         registered with :meth:`register_supernode` may connect. Needs TLS.
+    superexec : str
+        Who runs the SuperNodes' ClientApps: ``"fedstale"`` (``fedstale
+        superexec``, warm workers), ``"flower"`` (``flower-superexec`` next
+        to a ``--isolation process`` SuperNode) or ``"supernode"`` (the
+        SuperNode's own ``flower-superexec``); see the module docstring.
+    superexec_args : list[str] | None
+        Extra flags for each ``fedstale superexec`` (e.g. ``--task-timeout``).
     """
 
-    def __init__(
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
         workdir: str | Path,
         credentials: Credentials | None = None,
         supernode_auth: bool = False,
+        superexec: str = "fedstale",
+        superexec_args: list[str] | None = None,
     ) -> None:
         if supernode_auth and credentials is None:
             raise ValueError("supernode_auth: SuperNode authentication needs TLS credentials")
+        if superexec not in SUPEREXECS:
+            raise ValueError(f"superexec: expected one of {', '.join(SUPEREXECS)}, got '{superexec}'")
+        self.superexec = superexec
+        self.superexec_args = list(superexec_args or [])
         root = Path(workdir).resolve()
         self.flwr_home = root / "flwr-home"
         self.superlink_dir = root / "superlink"
@@ -164,6 +206,12 @@ class LocalDeployment:
             command += ["--auth-supernode-private-key", str(private_key)]
         if max_retries is not None:
             command += ["--max-retries", str(max_retries)]
+        if self.superexec != "supernode":
+            command += ["--isolation", "process"]
+        if self.credentials is not None:  # the Runtime API serves TLS too
+            creds = self.credentials
+            command += ["--ssl-certfile", str(creds.server_cert), "--ssl-keyfile", str(creds.server_key),
+                        "--ssl-ca-certfile", str(creds.ca_cert)]
         return command + [
             "--superlink",
             self.address,
@@ -175,7 +223,31 @@ class LocalDeployment:
             f"partition-id={partition_id} num-partitions={num_partitions}",
         ]
 
-    def _start(self, name: str, command: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    def superexec_command(self, name: str, port: int, parent_pid: int | None = None) -> list[str]:
+        """The SuperExec command line next to SuperNode ``name`` (Runtime API on ``port``).
+
+        ``fedstale superexec`` and ``flower-superexec`` take the same flags;
+        the former also writes one JSON line per task to
+        ``logs/<name>-superexec.tasks.jsonl`` (:meth:`superexec_tasks`).
+        """
+        if self.superexec == "fedstale":
+            command = [sys.executable, "-m", "fedstale.superexec"]
+        else:
+            command = [str(self.bin_dir / "flower-superexec")]
+        if self.credentials is None:
+            command.append("--insecure")
+        else:
+            command += ["--root-certificates", str(self.credentials.ca_cert)]
+        command += ["--runtime-api-address", f"127.0.0.1:{port}"]
+        if parent_pid is not None:
+            command += ["--parent-pid", str(parent_pid)]
+        if self.superexec == "fedstale":
+            command += ["--task-log", str(self.log_dir / f"{name}-superexec.tasks.jsonl"), *self.superexec_args]
+        return command
+
+    def _start(
+        self, name: str, command: list[str], cwd: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         if name in self._processes:
             raise ValueError(f"a process named '{name}' was already started")
         log = (self.log_dir / f"{name}.log").open("wb")
@@ -183,7 +255,7 @@ class LocalDeployment:
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             command,
             cwd=str(cwd),
-            env=self.env,
+            env=self.env if env is None else env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -216,7 +288,10 @@ class LocalDeployment:
         """Start a SuperNode with ``partition-id``/``num-partitions`` node config.
 
         Each SuperNode gets its own free ``--port`` (its Runtime API, for its
-        ClientApps) and its own working directory under ``workdir``.
+        ClientApps) and its own working directory under ``workdir``. Unless
+        ``superexec="supernode"``, its SuperExec (``<name>-superexec``, same
+        working directory, ``--parent-pid`` the SuperNode) is started once the
+        Runtime API listens; it exits with the SuperNode.
         """
         name = name or f"supernode-{partition_id}"
         cwd = self.superlink_dir.parent / name
@@ -225,14 +300,45 @@ class LocalDeployment:
         command = self.supernode_command(partition_id, num_partitions, port, private_key, max_retries)
         proc = self._start(name, command, cwd)
         self._runtime_ports[name] = port
+        if self.superexec != "supernode" and _wait_for_port(port, proc, timeout=120.0):
+            self._start(f"{name}-superexec", self.superexec_command(name, port, proc.pid), cwd, self._superexec_env())
         return proc
+
+    def _superexec_env(self) -> dict[str, str]:
+        """The deployment's environment, with this fedstale first on ``PYTHONPATH``.
+
+        ``python -m fedstale.superexec`` then runs the fedstale this process
+        imported (a checkout, or the installed package), whatever the
+        SuperNode's working directory. Its workers load the app from the FAB.
+        """
+        env = dict(self.env)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        return env
+
+    def superexec_tasks(self, name: str) -> list[dict[str, Any]]:
+        """The tasks ``fedstale superexec`` of SuperNode ``name`` served so far, one dict each.
+
+        Keys: ``task_id``, ``run_id``, ``message_type``, ``status``
+        (``completed``/``failed``), ``details``, ``worker_pid``,
+        ``worker_tasks`` (tasks that worker had served), ``seconds``,
+        ``idle_before``, ``timings`` (the worker's ``pull_input``,
+        ``pull_message``, ``load_app``, ``client_app``, ``push_reply``,
+        ``push_output`` seconds), ``state_in``/``state_out`` (content hashes
+        of the Context state pulled and pushed) and ``state_keys``.
+        """
+        path = self.log_dir / f"{name}-superexec.tasks.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def supernode_pids(self, name: str) -> list[int]:
         """The SuperNode ``name`` and the processes serving its Runtime API.
 
-        Its SuperExec and ``flwr-clientapp`` processes run in sessions of
-        their own; they are the processes of this deployment whose command
-        line names the SuperNode's Runtime API port (``HOST:PORT``).
+        Its SuperExec, ``flwr-clientapp`` processes and ``fedstale
+        superexec`` workers run in sessions of their own; they are the
+        processes of this deployment whose command line names the
+        SuperNode's Runtime API port (``HOST:PORT``).
         """
         suffix = f":{self._runtime_ports[name]}"
         pids = [self._processes[name].pid] if self._processes[name].poll() is None else []
