@@ -54,6 +54,8 @@ FEDERATION = "deploy"
 """The name of the SuperLink connection in ``$FLWR_HOME/config.toml``."""
 
 ACTIVATED = re.compile(r"\[Fleet\.ActivateNode\] Activated node_id=(\d+)")
+_TASK_RUNNING = re.compile(r"\[fedstale superexec\] task (\d+) \((\w+|\?)\): ClientApp running in worker (\d+)")
+_TASK_ENDED = re.compile(r"\[fedstale superexec\] task (\d+) \([\w?]+\) (?:completed|failed) in worker")
 
 
 SUPEREXECS = ("fedstale", "flower", "supernode")
@@ -315,6 +317,18 @@ class LocalDeployment:
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         return env
+
+    def superexec_running(self, name: str) -> list[tuple[int, str, int]]:
+        """``(task_id, message_type, worker_pid)`` of tasks SuperNode ``name``'s
+        ``fedstale superexec`` is running now: its log says the ClientApp
+        started and not yet that the task ended."""
+        text = self.log(f"{name}-superexec")
+        ended = {int(m) for m in _TASK_ENDED.findall(text)}
+        return [
+            (int(task), kind, int(pid))
+            for task, kind, pid in _TASK_RUNNING.findall(text)
+            if int(task) not in ended
+        ]
 
     def superexec_tasks(self, name: str) -> list[dict[str, Any]]:
         """The tasks ``fedstale superexec`` of SuperNode ``name`` served so far, one dict each.

@@ -167,6 +167,8 @@ class WorkerProcess:
         if event.get("event") == "ready":
             self.ready = True
             self.ready_seconds = float(event.get("seconds", 0.0))
+            log(INFO, "[fedstale superexec] worker %s ready in %.1f s (%s modules imported%s)", self.pid,
+                self.ready_seconds, event.get("imported"), ", app loaded" if event.get("app_loaded") else "")
         return event
 
     def returncode(self, wait: float = 5.0) -> int | None:
@@ -468,6 +470,9 @@ class SuperExec:
                 deadline = time.monotonic() + self.options.task_timeout
             elif kind in ("input", "message", "replied"):
                 outcome.phase = str(kind)
+                if kind == "message":
+                    log(INFO, "[fedstale superexec] task %s (%s): ClientApp running in worker %s",
+                        task.task_id, event.get("message_type", "?"), worker.pid)
                 if kind == "input" and event.get("fab_id"):
                     self.pool.apps[task.fab_hash] = {"fab_id": event["fab_id"], "fab_version": event["fab_version"]}
             elif kind == "done":
@@ -536,7 +541,7 @@ class SuperExec:
             "seconds": time.time() - acquired,
             "idle_before": waited,
             "timings": timings,
-            "state_in": done.get("state_in", ""),
+            "state_in": outcome.events.get("input", {}).get("state_in", ""),
             "state_out": done.get("state_out", ""),
             "state_keys": done.get("state_keys", []),
         }

@@ -239,7 +239,7 @@ class Worker:  # pylint: disable=too-many-instance-attributes
             state_in = context.state.object_id
             self.channel.emit(
                 "input", task_id=res.task_id, run_id=run.run_id, fab_hash=fab.hash_str,
-                fab_id=run.fab_id, fab_version=run.fab_version,
+                fab_id=run.fab_id, fab_version=run.fab_version, state_in=state_in,
             )
             lap("pull_input")
             # 2. the message: metadata first (the SuperExec needs it to answer
@@ -307,7 +307,6 @@ class Worker:  # pylint: disable=too-many-instance-attributes
             status=sub_status,
             details=details,
             timings=timings,
-            state_in=state_in,
             state_out=context.state.object_id if context is not None else "",
             state_keys=sorted(context.state.keys()) if context is not None else [],
             worker_tasks=self.tasks,
