@@ -37,9 +37,11 @@ from fedstale.processes import kill_now
 from tests.helpers import ROOT
 
 NODES = 2
-VERSIONS = 16  # enough that client 0 alone cannot end the run before SuperNode 1 is back
-# (the SuperLink re-admits it only after ~60 s of missed heartbeats; at low load
-# client 0 made 6 versions in that time and the run ended without client 1)
+VERSIONS = 40  # enough that client 0 alone cannot end the run before SuperNode 1 is back
+# (the SuperLink re-admits it only after ~60 s of missed heartbeats, then its new
+# SuperExec's worker imports torch and the app: 30 s at load 16 here; client 0
+# on its warm worker makes a version every ~3.5 s, most of it the SuperNode's
+# 3 s idle sleep, and with 16 versions the run ended without client 1)
 BACKOFF_RETRIES = 8  # 2+4+8+16+30+30+30+30 = 150 s of patience, > 60 s + an update
 TIMEOUT = 60  # s; a healthy update takes 17-40 s here at load 3-4, 55-73 s at load 6
 RUN = {
