@@ -265,3 +265,19 @@ def test_faulty_workers_are_replaced_and_a_new_fab_gets_its_own_worker(tmp_path)
     assert again[0]["pid"] == pids[8] and again[0]["count"] == 1  # a new run, a new Context
     failed = [t for t in tasks if t["status"] == "failed"]
     assert [t["worker_pid"] for t in failed] == [pids[0], pids[3], pids[5]]
+
+
+def test_the_serverapp_pulls_replies_through_fast_pulls_on_a_superlink():
+    """fedstale's ServerApp wraps Flower's HttpGrid (short object-pull backoff)
+    and leaves any other Grid alone; the wrapper delegates the rest."""
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    from fedstale.fast_grid import PULL_BACKOFF, FastPullGrid, fast_pulls
+
+    grid = HttpGrid(runtime_api_address="127.0.0.1:1", insecure=True, token="t")
+    wrapped = fast_pulls(grid)
+    assert isinstance(wrapped, FastPullGrid) and wrapped.node is grid.node
+    other = object.__new__(FastPullGrid)  # any Grid that is not an HttpGrid
+    assert fast_pulls(other) is other
+    assert PULL_BACKOFF == (0.02, 0.5)
+    assert "run_experiment(fast_pulls(grid)" in (Path(__file__).parents[1] / "fedstale" / "server_app.py").read_text()
