@@ -45,7 +45,7 @@ run, ``fedstale superexec`` with one message per node (``--inflight 1``
 semantics, one client per node), shows both sides of that trade (skip it
 with ``--no-reference``). ``--poll`` sets Flower's
 ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` for every ``flower-superexec`` (the
-SuperLink's too, in both runs); ``fedstale superexec`` polls every 20 ms
+SuperLink's too, in both runs); ``fedstale superexec`` polls every 50 ms
 while tasks come in.
 
 Targets (issue 14): the rest ≤ 1.0 s per update per node with ``fedstale
@@ -268,14 +268,14 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     print()
     print(f"{args.nodes} SuperNodes on loopback, {args.updates} updates per run, "
           f"{POLL_ENV}={args.poll} for flower-superexec; CPUs: {os.cpu_count()}")
-    header = (f"{'model':<9} {'SuperExec':<19} {'inflight':>8} {'total':>7} {'fit':>6} {'rest':>6} "
+    header = (f"{'model':<14} {'SuperExec':<19} {'inflight':>8} {'total':>7} {'fit':>6} {'rest':>6} "
               f"{'tau mean (max)':>15} {'end to end':>10} {'load':>11}")
     print("seconds per update per node (steady state):")
     print(header)
     for r in results:
         mean_tau, max_tau = r.staleness
         name = f"{r.model}" + (f" ({r.parameters // 1000}K)" if r.parameters else "")
-        print(f"{name:<9} {LABELS[r.superexec]:<19} {r.inflight:>8} {r.total:>7.2f} {r.fit:>6.2f} {r.rest:>6.2f} "
+        print(f"{name:<14} {LABELS[r.superexec]:<19} {r.inflight:>8} {r.total:>7.2f} {r.fit:>6.2f} {r.rest:>6.2f} "
               f"{mean_tau:>9.2f} ({max_tau}) {r.seconds:>9.0f}s {r.load[0]:>5.1f}-{r.load[1]:<5.1f}")
     for r in results:
         if r.superexec != "fedstale" or r.inflight != args.inflight:

@@ -39,6 +39,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
@@ -85,7 +86,7 @@ class Options:  # pylint: disable=too-many-instance-attributes
     parent_pid: int | None = None
     superexec_auth_secret: bytes | None = None
     health_server_address: str | None = None
-    poll_interval: float = 0.02
+    poll_interval: float = 0.05
     idle_poll_interval: float = 0.5
     fast_window: float = 10.0
     task_timeout: float = 3600.0
@@ -315,6 +316,41 @@ class _TokenInterceptor:
         return call_next(context)
 
 
+class _Heartbeat(threading.Thread):
+    """Keeps the task being served alive on the SuperNode (``SendTaskHeartbeat``).
+
+    Flower's ``HeartbeatSender`` with ``make_task_heartbeat_fn_http`` raises
+    SIGINT in its process when a heartbeat is refused (the task is over),
+    which would stop this SuperExec; this one just stops. The SuperNode
+    expires a task 60 s after its last heartbeat (Flower 1.41: 2 x 30 s).
+    """
+
+    INTERVAL = 10.0
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(daemon=True, name="fedstale-superexec-heartbeat")
+        self._client = client
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=no-name-in-module
+
+        while not self._stop_event.is_set():
+            try:
+                if not self._client.SendTaskHeartbeat(SendTaskHeartbeatRequest()).success:
+                    return
+            except httpx.HTTPStatusError:
+                return  # the token is no longer valid: the task is over
+            except httpx.HTTPError:
+                pass  # the SuperNode is busy or restarting: try again
+            self._stop_event.wait(self.INTERVAL)
+
+    def stop(self) -> None:
+        """Stop sending (and wait for a heartbeat in flight)."""
+        self._stop_event.set()
+        self.join(timeout=35.0)
+
+
 @dataclass
 class _Outcome:
     """How one task went on its worker."""
@@ -357,12 +393,15 @@ class SuperExec:
             retry_invoker=make_simple_http_retry_invoker(),
         )
         self.token = _TokenInterceptor()
+        # Calls with a task's token (heartbeats, answering for a dead worker)
+        # go without Flower's retry invoker: on a token that is no longer
+        # valid (HTTP 401) it SIGINTs its own process, which is right for a
+        # one-task flwr-clientapp, not for this one.
         self.task_client = RuntimeHttpClient.from_server_address(
             server_address=options.runtime_api_address,
             insecure=options.insecure,
             root_certificates=certificates,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"), self.token],
-            retry_invoker=make_simple_http_retry_invoker(),
         )
         self.pool = WorkerPool(options)
         self._task_log: IO[str] | None = (
@@ -420,12 +459,10 @@ class SuperExec:
 
     def serve(self, task: Any, token: str) -> None:
         """Serve one task: on a worker, with heartbeats; answer for the worker if it fails."""
-        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-
         acquired = time.time()
         waited = time.monotonic() - self._last_done
         self.token.token = token
-        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(self.task_client))
+        heartbeat = _Heartbeat(self.task_client)
         heartbeat.start()
         try:
             outcome = self._on_worker(task, token)
