@@ -4,8 +4,10 @@
 # they never import the app, so only this image needs fedstale's
 # dependencies (torch, flwr-datasets, ...). One image serves both sides: a
 # SuperExec pointed at the SuperLink's Runtime API starts `flwr-serverapp`
-# processes, one pointed at a SuperNode's Runtime API starts
-# `flwr-clientapp` processes.
+# processes (the entrypoint, flower-superexec); next to a SuperNode,
+# compose.yml runs `fedstale-superexec` from the same image (warm ClientApp
+# workers; installed with fedstale), or flower-superexec with
+# with-flower-superexec.yml (a `flwr-clientapp` process per message).
 #
 # Build from the repository root:
 #   docker build -f docker/superexec.Dockerfile -t fedstale-superexec:0.1.0 .

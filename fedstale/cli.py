@@ -1,4 +1,4 @@
-"""The ``fedstale`` command: run, sweep, report, validate, demo.
+"""The ``fedstale`` command: run, sweep, report, validate, demo, superexec.
 
 ``fedstale COMMAND --help`` describes each command (``docs/cli.md`` has the
 same text). Exit status: 0 on success, 1 when a run (or a sweep's cell)
@@ -13,6 +13,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from . import superexec as superexec_cli
 
 HELP_WIDTH = 88
 """Columns of the help texts (fixed, so that ``docs/cli.md`` matches them anywhere)."""
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(300 client updates each) in this process into ./{DEMO_DIR}/, then report both.",
         formatter_class=_Formatter,
     )
+    superexec_cli.add_parser(sub, formatter_class=_Formatter)
     return parser
 
 
@@ -263,6 +266,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "validate": cmd_validate,
     "demo": cmd_demo,
+    "superexec": superexec_cli.command,
 }
 """Subcommand name → its function (returns the exit status)."""
 

@@ -9,6 +9,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from .builders import build_strategy, check_data, initial_arrays, num_parameters, run_strategy
+from .fast_grid import fast_pulls
 from .config import (
     Config,
     ConfigError,
@@ -110,7 +111,7 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run``."""
     try:
         config, path = config_from_run(context.run_config, grid.run.override_config)
-        run_experiment(grid, config, path)
+        run_experiment(fast_pulls(grid), config, path)
     except (ConfigError, RunAborted) as err:
         # one clear line in the run's log; re-raised so that Flower marks
         # the run failed (`flwr list` shows it; `flwr run` exits 0 anyway)

@@ -4,11 +4,13 @@ A :class:`fedstale.deployment.LocalDeployment` starts ``flower-superlink``
 and ``flower-supernode`` processes on 127.0.0.1 (free ports, private
 ``FLWR_HOME`` with a ``config.toml`` federation), submits runs with
 ``flwr run . deploy --stream`` and stops every process it started by PID,
-including those Flower starts in sessions of their own. Budgets are small:
-on loopback one update costs a SuperNode 7 s at best and 17-40 s measured
-here (a new ClientApp process per message, which imports torch and loads
-its partition, plus the SuperNode's 3 s idle sleep), so each run makes a
-handful of updates.
+including those Flower starts in sessions of their own. The SuperNodes run
+``--isolation process`` with ``fedstale superexec`` next to them (warm
+ClientApp workers, :mod:`fedstale.superexec`); one test runs Flower's own
+path (the SuperNode starts ``flower-superexec``, one ``flwr-clientapp``
+process per message). Budgets are small: with one client per SuperNode an
+update still pays the SuperNode's 3 s idle sleep (and 17-40 s on Flower's
+own path here), so each run makes a handful of updates.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import tomli  # flwr's dependency; tomllib is Python >= 3.11 only
 import yaml
 from cryptography import x509
 
-from fedstale import certificates
+from fedstale import certificates, superexec
 from fedstale.certificates import write_credentials
 from fedstale.deployment import LocalDeployment
 from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS
@@ -114,6 +116,25 @@ def runs(deployment):
 
 
 @pytest.mark.e2e
+def test_one_warm_worker_per_supernode_served_both_runs(runs, deployment):
+    """Every task of both runs (QUERY and TRAIN) ran in the same worker process
+    of its SuperNode's ``fedstale superexec``, and each task pulled the
+    Context the previous one pushed."""
+    for partition in range(NODES):
+        tasks = deployment.superexec_tasks(f"supernode-{partition}")
+        assert {t["status"] for t in tasks} == {"completed"}
+        assert len({t["worker_pid"] for t in tasks}) == 1
+        assert [t["worker_tasks"] for t in tasks] == list(range(1, len(tasks) + 1))
+        # per run 2 QUERY messages (describe, prepare), then TRAIN messages
+        assert sum(t["message_type"] == "query" for t in tasks) == 4
+        assert sum(t["message_type"] == "train" for t in tasks) >= 2
+        for run in {t["run_id"] for t in tasks}:
+            mine = [t for t in tasks if t["run_id"] == run]
+            for previous, task in zip(mine, mine[1:]):
+                assert task["state_in"] == previous["state_out"]
+
+
+@pytest.mark.e2e
 def test_fedasync_on_real_supernodes(runs, learned):
     """4 updates, one version each, merged with α·s(τ) = 0.6/sqrt(1+τ)."""
     procs, dirs = runs
@@ -160,11 +181,13 @@ def test_fedbuff_on_real_supernodes_writes_to_the_superlink_directory(runs, depl
 
 @pytest.mark.e2e
 def test_stop_ends_every_process_it_started(runs, deployment):
-    """SuperExecs run in sessions of their own; stop() ends them too."""
+    """SuperExecs and their workers run in sessions of their own; stop() ends them too."""
     before = _cmdlines(deployment.processes())
     assert sum("flower-superlink" in c for c in before) == 1
-    assert sum("flower-supernode" in c for c in before) == NODES
-    assert sum("flower-superexec" in c for c in before) == NODES + 1
+    assert sum("flower-supernode" in c and "--isolation process" in c for c in before) == NODES
+    assert sum("flower-superexec" in c for c in before) == 1  # the SuperLink's, for ServerApps
+    assert sum("-m fedstale.superexec" in c for c in before) == NODES
+    assert sum("fedstale/superexec/worker.py" in c for c in before) == NODES
     deployment.stop()
     assert deployment.processes() == []
     assert all(deployment.process(f"supernode-{p}").poll() is not None for p in range(NODES))
@@ -227,6 +250,30 @@ def test_tls_and_supernode_authentication(tmp_path):
     assert dep.processes() == []
 
 
+@pytest.mark.e2e
+def test_flowers_own_superexec_still_runs_the_app(tmp_path):
+    """Flower's default path: the SuperNode starts ``flower-superexec``, which
+    starts a ``flwr-clientapp`` process per message."""
+    dep = LocalDeployment(tmp_path / "stock", superexec="supernode")
+    try:
+        dep.start_superlink()
+        dep.start_supernode(0, 1)
+        dep.wait_for_supernodes(1)
+        out = tmp_path / "stock-results"
+        config = {**FEDASYNC, "data.num_clients": 1, "strategy.concurrency": 1, "stop.num_updates": 2,
+                  "evaluation.every": 2, "run.output_dir": str(out)}
+        proc = dep.run(ROOT, config, check=True)
+        assert any("flower-superexec" in c and "--parent-pid" in c for c in _cmdlines(dep.supernode_pids("supernode-0")))
+    finally:
+        dep.stop()
+    assert dep.processes() == []
+    assert "[LOG] finished: 2 versions, 2 updates" in proc.stdout
+    clients = _rows(out / "fedasync" / "clients.csv")
+    assert [(r["client_id"], r["accepted"]) for r in clients] == [("0", "True")] * 2
+    assert "--isolation" not in dep.supernode_command(0, 1, 9094)
+    assert not (dep.log_dir / "supernode-0-superexec.log").exists()
+
+
 # ------------------------------------------------------------------ docker/
 
 DOCKER = ROOT / "docker"
@@ -268,10 +315,15 @@ def _base_image(service: dict) -> str:
     return service["image"]
 
 
-def _parse(image: str, command: list[str]):
-    """``command`` parsed by the flwr 1.41 program the image runs; fails on unknown flags."""
-    module, _, function = PARSERS[image.split(":")[0]].partition(":")
-    parser = getattr(importlib.import_module(module), function)()
+def _parse(image: str, command: list[str], entrypoint: list[str] | None = None):
+    """``command`` parsed by the flwr 1.41 program the image runs (or by
+    ``fedstale superexec``'s parser for that entrypoint); fails on unknown flags."""
+    if entrypoint == ["fedstale-superexec"]:
+        parser = superexec.build_parser()
+    else:
+        assert entrypoint in (None, ["flower-superexec"]), entrypoint
+        module, _, function = PARSERS[image.split(":")[0]].partition(":")
+        parser = getattr(importlib.import_module(module), function)()
     try:
         args, unknown = parser.parse_known_args([str(c) for c in command])
     except SystemExit as err:  # argparse rejected a value
@@ -284,10 +336,16 @@ def _node_config(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in (item.split("=") for item in text.split())}
 
 
-@pytest.mark.parametrize("files", [("compose.yml",), ("compose.yml", "with-tls.yml")])
+@pytest.mark.parametrize(
+    "files",
+    [("compose.yml",), ("compose.yml", "with-tls.yml"), ("compose.yml", "with-flower-superexec.yml"),
+     ("compose.yml", "with-tls.yml", "with-flower-superexec.yml")],
+)
 def test_compose_topology_and_flags(files):
     """One SuperLink, N SuperNodes with partition-id 0..N-1, a SuperExec per
-    Runtime API; every command is accepted by flwr's own parsers; images
+    Runtime API: ``fedstale-superexec`` next to each SuperNode (Flower's
+    ``flower-superexec`` with with-flower-superexec.yml), Flower's next to
+    the SuperLink; every command is accepted by its program's parser; images
     are Flower's official ones at the installed version."""
     services = _compose(*files)["services"]
     kinds: dict[str, list[str]] = {}
@@ -296,7 +354,12 @@ def test_compose_topology_and_flags(files):
         image = _base_image(service)
         assert image.rsplit(":", 1)[1] == FLWR_VERSION == "1.41.0", (name, image)
         kinds.setdefault(image.split(":")[0], []).append(name)
-        parsed[name] = _parse(image, service["command"])
+        parsed[name] = _parse(image, service["command"], service.get("entrypoint"))
+    warm = "with-flower-superexec.yml" not in files
+    for name in kinds["flwr/superexec"]:
+        program = services[name].get("entrypoint", ["flower-superexec"])
+        expected = ["fedstale-superexec"] if warm and name.startswith("superexec-clientapp-") else ["flower-superexec"]
+        assert program == expected, (name, program)
     assert len(kinds["flwr/superlink"]) == 1
     supernodes = sorted(kinds["flwr/supernode"])
     assert len(supernodes) == NODES  # the topology test_deployment starts
@@ -357,6 +420,9 @@ def test_superexec_image_installs_fedstale_without_flwr():
         for path in copied.split():
             assert (ROOT / path).exists(), path
     assert text.strip().endswith('ENTRYPOINT ["flower-superexec"]')
+    # compose's ClientApp side runs the console script pip installs with fedstale
+    scripts = tomli.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["fedstale-superexec"] == "fedstale.superexec:main"
 
 
 def test_certificate_command_writes_what_flower_loads(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Faults on real processes: a SuperNode killed mid-run and restarted.
+"""Faults on real processes: a SuperNode killed mid-run and restarted; a
+warm ClientApp worker of ``fedstale superexec`` killed mid-task.
 
 Each SuperNode joins over TLS with its own key pair, registered on the
 SuperLink with ``flwr supernode register`` (as in the README's deployment steps), so
@@ -8,7 +9,17 @@ SuperNode 1 (SIGKILL, with its SuperExec and the ``flwr-clientapp`` that is
 training) while it holds a TRAIN message, restarts it with the same
 partition id and key, and checks that the lost task is a failure counted
 in ``metrics.csv``, that client 1 is dispatched again and merged after the
-restart, and that the run completes its version budget.
+restart, and that the run completes its version budget. The SuperNodes run
+``fedstale superexec`` (warm workers); killing SuperNode 1 kills its
+SuperExec and worker too.
+
+The second test SIGKILLs only the worker serving a TRAIN message (DP-SGD
+with top-k compression and error feedback, so the Context carries each
+client's accountant and residual): that task is a failure row in
+``clients.csv`` at once (the SuperExec replies with an error for it), a new
+worker serves the node's next tasks, the run completes, each client's ε
+keeps growing across its updates and every task pulls the Context the last
+finished task pushed.
 """
 
 from __future__ import annotations
@@ -22,12 +33,15 @@ import pytest
 
 from fedstale.certificates import write_credentials
 from fedstale.deployment import LocalDeployment
+from fedstale.processes import kill_now
 from tests.helpers import ROOT
 
 NODES = 2
-VERSIONS = 16  # enough that client 0 alone cannot end the run before SuperNode 1 is back
-# (the SuperLink re-admits it only after ~60 s of missed heartbeats; at low load
-# client 0 made 6 versions in that time and the run ended without client 1)
+VERSIONS = 40  # enough that client 0 alone cannot end the run before SuperNode 1 is back
+# (the SuperLink re-admits it only after ~60 s of missed heartbeats, then its new
+# SuperExec's worker imports torch and the app: 30 s at load 16 here; client 0
+# on its warm worker makes a version every ~3.5 s, most of it the SuperNode's
+# 3 s idle sleep, and with 16 versions the run ended without client 1)
 BACKOFF_RETRIES = 8  # 2+4+8+16+30+30+30+30 = 150 s of patience, > 60 s + an update
 TIMEOUT = 60  # s; a healthy update takes 17-40 s here at load 3-4, 55-73 s at load 6
 RUN = {
@@ -94,13 +108,12 @@ def test_supernode_killed_mid_run_and_restarted(tmp_path):
         def training_on_node_1():
             if not any(r["accepted"] == "True" for r in _rows(clients_csv)):
                 return None
-            apps = [p for p in dep.supernode_pids("supernode-1") if "flwr-clientapp" in _cmdline(p)]
-            return apps or None
+            return [t for t in dep.superexec_running("supernode-1") if t[1] == "train"] or None
 
         _wait(training_on_node_1, 240, "no TRAIN ClientApp on SuperNode 1 after the first update", dep)
         merged_before_kill = len(_rows(clients_csv))
         killed = dep.kill_supernode("supernode-1")
-        assert len(killed) >= 2  # the SuperNode and at least its ClientApp
+        assert len(killed) >= 3  # the SuperNode, its SuperExec and the worker
         assert all(not _cmdline(pid) or "<defunct>" in _cmdline(pid) for pid in killed)
         restarted_at = time.monotonic()
         dep.restart_supernode(1, NODES, keys[1][0], node_ids[1])
@@ -143,3 +156,99 @@ def test_supernode_killed_mid_run_and_restarted(tmp_path):
     # No row lost or doubled: task ids are unique, one row per finished task.
     ids = [int(r["task_id"]) for r in clients]
     assert len(ids) == len(set(ids))
+
+
+KILL_RUN = {
+    "config": "configs/fedasync.yaml",
+    "data.num_clients": 2 * NODES,  # two clients per SuperNode: client c on node c mod 2
+    "strategy.concurrency": 2 * NODES,
+    "comm.max_inflight_per_node": 2,  # a node's next task waits at the SuperLink
+    "delay.clock": "wall",
+    # enough that SuperNode 0 alone does not end the run while SuperNode 1's
+    # new worker imports torch, Opacus and the app (25 s at load 15 here)
+    "stop.num_updates": 30,
+    "evaluation.every": 30,
+    "privacy.local.enabled": True,  # DP-SGD: the accountant lives in the Context
+    "compression.method": "topk",  # with error feedback: so does the residual
+    "output.checkpoint_every": 0,
+    "output.plots": False,
+}
+
+
+@pytest.mark.e2e
+def test_warm_worker_killed_mid_task(tmp_path):
+    dep = LocalDeployment(tmp_path / "dep")
+    out = tmp_path / "results"
+    clients_csv = out / "fedasync" / "clients.csv"
+    attempts = []
+    try:
+        dep.start_superlink()
+        for partition in range(NODES):
+            dep.start_supernode(partition, NODES)
+        dep.wait_for_supernodes(NODES)
+        proc = dep.submit(ROOT, {**KILL_RUN, "run.output_dir": str(out)})
+
+        def killed_mid_task():
+            return [t for t in dep.superexec_tasks("supernode-1")
+                    if t["status"] == "failed" and "killed by signal 9" in t["details"]]
+
+        # SIGKILL the worker while its ClientApp trains; should the task end
+        # in between (the worker then dies idle and is replaced), try again
+        while not killed_mid_task():
+            assert proc.poll() is None and len(attempts) < 5, (attempts, dep.all_logs())
+            running = _wait(
+                lambda: [t for t in dep.superexec_running("supernode-1") if t[1] == "train"]
+                if any(r["accepted"] == "True" for r in _rows(clients_csv)) else None,
+                240, "no TRAIN task running on SuperNode 1's worker after the first update", dep,
+            )
+            task_id, _, pid = running[0]
+            kill_now([pid])
+            attempts.append((task_id, pid))
+            _wait(lambda: killed_mid_task() or any(t["task_id"] == task_id for t in dep.superexec_tasks("supernode-1")),
+                  120, f"no record of task {task_id}", dep)
+        done = dep.finish(proc, timeout=900, check=True)
+        tasks = {p: dep.superexec_tasks(f"supernode-{p}") for p in range(NODES)}
+        log = dep.log("supernode-1-superexec")
+    finally:
+        dep.stop()
+    assert dep.processes() == [], "a SuperLink, SuperNode or app process outlived the test"
+
+    assert "[LOG] finished: 30 versions, " in done.stdout
+    (lost,) = [t for t in tasks[1] if t["status"] == "failed"]
+    pid = lost["worker_pid"]
+    assert (lost["task_id"], pid) in attempts
+    assert lost["details"] == f"the ClientApp worker (PID {pid}) was killed by signal 9 (SIGKILL) during the task"
+    assert f"worker {pid} was killed by signal 9 (SIGKILL) during task {lost['task_id']}; starting a new one" in log
+    # ... a failure row at once (the SuperExec's error reply, not a timeout), never merged
+    clients = _rows(clients_csv)
+    failed = [r for r in clients if r["accepted"] != "True"]
+    assert len(failed) == 1 and failed[0]["node"] == "1" and failed[0]["weight"] == ""
+    assert failed[0]["reason"] == f"error reply (8): fedstale superexec: {lost['details']}"
+    assert len([r for r in clients if r["accepted"] == "True"]) == 30
+    # a new worker served the node's later tasks (it may be slow to start on
+    # a loaded machine, so the other node may have made most of the updates)
+    later = [t for t in tasks[1] if t["acquired_at"] > lost["acquired_at"]]
+    assert later and all(t["worker_pid"] != pid for t in later)
+    assert any(t["status"] == "completed" and t["message_type"] == "train" for t in later)
+    # Context: every task pulls what the last finished task of its node pushed
+    # (the killed task pushed nothing), and carries each client's residual
+    for node, node_tasks in tasks.items():
+        last_out = None
+        for task in node_tasks:
+            if last_out is not None:
+                assert task["state_in"] == last_out, (node, task["task_id"])
+            if task["status"] == "completed":
+                last_out = task["state_out"]
+        assert all(int(r["client_id"]) % NODES == node for r in clients if r["node"] == str(node))
+        trained = {int(r["client_id"]) for r in clients if r["node"] == str(node) and r["accepted"] == "True"}
+        assert trained
+        keys = set(node_tasks[-1]["state_keys"])
+        assert {f"client.{c}.compression-residual" for c in trained} <= keys, keys
+    # DP-SGD: each client's ε grows from update to update (its accountant
+    # survives in the Context between the tasks of a warm worker)
+    grown = 0
+    for client in range(2 * NODES):
+        eps = [float(r["epsilon"]) for r in clients if r["client_id"] == str(client) and r["accepted"] == "True"]
+        assert eps == sorted(eps) and len(set(eps)) == len(eps), (client, eps)
+        grown += len(eps) >= 3
+    assert grown >= 2

@@ -1,30 +1,9 @@
-"""A real Flower deployment on one machine: a SuperLink, SuperNodes, ``flwr run``.
-
-:class:`LocalDeployment` starts ``flower-superlink`` and ``flower-supernode``
-processes on 127.0.0.1 with free ports and a private ``FLWR_HOME`` (whose
-``config.toml`` names the SuperLink as the federation ``deploy``), submits
-runs with ``flwr run APP deploy --stream`` exactly as a user would on two
-machines, and stops every process it started by PID, including the
-SuperExec, ``flwr-serverapp`` and ``flwr-clientapp`` processes Flower
-starts in sessions of their own (see :mod:`fedstale.processes`). With
-:class:`~fedstale.certificates.Credentials` the SuperLink serves TLS and
-may require SuperNode authentication.
-
-Example::
-
-    with LocalDeployment(tmp_path) as dep:
-        dep.start_superlink()
-        for p in range(2):
-            dep.start_supernode(p, 2)
-        dep.wait_for_supernodes(2)
-        proc = dep.run(".", {"delay.clock": "wall", "data.num_clients": 2}, check=True)
-"""
+"""A SuperLink and SuperNodes on 127.0.0.1 (see :mod:`fedstale.deployment`)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -33,21 +12,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .certificates import Credentials
-from .processes import free_port, kill_now, pids_with_flwr_home, stop_all, stop_processes
-from .simulation.launcher import FlwrRunError, format_run_config, raise_if_failed
-
-FEDERATION = "deploy"
-"""The name of the SuperLink connection in ``$FLWR_HOME/config.toml``."""
-
-ACTIVATED = re.compile(r"\[Fleet\.ActivateNode\] Activated node_id=(\d+)")
+from ..certificates import Credentials
+from ..processes import free_port, pids_with_flwr_home, stop_all, stop_processes
+from ..simulation.launcher import FlwrRunError, raise_if_failed
+from .commands import FEDERATION, SUPEREXECS, CommandLines
+from .nodes import DeploymentError, SuperNodeControl, wait_for_port
 
 
-class DeploymentError(RuntimeError):
-    """A SuperLink or SuperNode did not start or connect; carries their logs."""
-
-
-class LocalDeployment:
+class LocalDeployment(SuperNodeControl):
     """A SuperLink and SuperNodes on 127.0.0.1; stops them all on exit.
 
     Parameters
@@ -62,16 +34,28 @@ class LocalDeployment:
     supernode_auth : bool
         Start the SuperLink with ``--enable-supernode-auth``: only SuperNodes
         registered with :meth:`register_supernode` may connect. Needs TLS.
+    superexec : str
+        Who runs the SuperNodes' ClientApps: ``"fedstale"`` (``fedstale
+        superexec``, warm workers), ``"flower"`` (``flower-superexec`` next
+        to a ``--isolation process`` SuperNode) or ``"supernode"`` (the
+        SuperNode's own ``flower-superexec``); see the module docstring.
+    superexec_args : list[str] | None
+        Extra flags for each ``fedstale superexec`` (e.g. ``--task-timeout``).
     """
 
-    def __init__(
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
         workdir: str | Path,
         credentials: Credentials | None = None,
         supernode_auth: bool = False,
+        superexec: str = "fedstale",
+        superexec_args: list[str] | None = None,
     ) -> None:
         if supernode_auth and credentials is None:
             raise ValueError("supernode_auth: SuperNode authentication needs TLS credentials")
+        if superexec not in SUPEREXECS:
+            raise ValueError(f"superexec: expected one of {', '.join(SUPEREXECS)}, got '{superexec}'")
+        self.superexec = superexec
         root = Path(workdir).resolve()
         self.flwr_home = root / "flwr-home"
         self.superlink_dir = root / "superlink"
@@ -84,7 +68,9 @@ class LocalDeployment:
         self.address = f"127.0.0.1:{self.port}"
         bin_dir = str(Path(sys.executable).parent)
         self.bin_dir = Path(bin_dir)
-        self.commands = CommandLines(self.bin_dir, self.port, credentials, supernode_auth)
+        self.commands = CommandLines(
+            self.bin_dir, self.port, credentials, supernode_auth, superexec, list(superexec_args or [])
+        )
         self.env = dict(os.environ)
         self.env.update(
             {
@@ -115,7 +101,13 @@ class LocalDeployment:
         """The ``flower-superlink`` command line this deployment runs."""
         return self.commands.superlink()
 
-    def _start(self, name: str, command: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    def supernode_command(self, partition_id: int, num_partitions: int, port: int) -> list[str]:
+        """The ``flower-supernode`` command line of SuperNode ``partition_id`` (Runtime API on ``port``)."""
+        return self.commands.supernode(partition_id, num_partitions, port)
+
+    def _start(
+        self, name: str, command: list[str], cwd: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         if name in self._processes:
             raise ValueError(f"a process named '{name}' was already started")
         log = (self.log_dir / f"{name}.log").open("wb")
@@ -123,7 +115,7 @@ class LocalDeployment:
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             command,
             cwd=str(cwd),
-            env=self.env,
+            env=self.env if env is None else env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -156,7 +148,10 @@ class LocalDeployment:
         """Start a SuperNode with ``partition-id``/``num-partitions`` node config.
 
         Each SuperNode gets its own free ``--port`` (its Runtime API, for its
-        ClientApps) and its own working directory under ``workdir``.
+        ClientApps) and its own working directory under ``workdir``. Unless
+        ``superexec="supernode"``, its SuperExec (``<name>-superexec``, same
+        working directory, ``--parent-pid`` the SuperNode) is started once the
+        Runtime API listens; it exits with the SuperNode.
         """
         name = name or f"supernode-{partition_id}"
         cwd = self.superlink_dir.parent / name
@@ -165,86 +160,21 @@ class LocalDeployment:
         command = self.commands.supernode(partition_id, num_partitions, port, private_key, max_retries)
         proc = self._start(name, command, cwd)
         self._runtime_ports[name] = port
+        if self.superexec != "supernode" and wait_for_port(port, proc, timeout=120.0):
+            self._start(f"{name}-superexec", self.commands.superexec(port, proc.pid, self.log_dir / f"{name}-superexec.tasks.jsonl"), cwd, self._superexec_env())
         return proc
 
-    def supernode_pids(self, name: str) -> list[int]:
-        """The SuperNode ``name`` and the processes serving its Runtime API.
+    def _superexec_env(self) -> dict[str, str]:
+        """The deployment's environment, with this fedstale first on ``PYTHONPATH``.
 
-        Its SuperExec and ``flwr-clientapp`` processes run in sessions of
-        their own; they are the processes of this deployment whose command
-        line names the SuperNode's Runtime API port (``HOST:PORT``).
+        ``python -m fedstale.superexec`` then runs the fedstale this process
+        imported (a checkout, or the installed package), whatever the
+        SuperNode's working directory. Its workers load the app from the FAB.
         """
-        suffix = f":{self._runtime_ports[name]}"
-        pids = [self._processes[name].pid] if self._processes[name].poll() is None else []
-        for pid in self.processes():
-            try:
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if pid not in pids and any(arg.endswith(suffix) for arg in args):
-                pids.append(pid)
-        return pids
-
-    def kill_supernode(self, name: str) -> list[int]:
-        """SIGKILL SuperNode ``name`` and its SuperExec/ClientApp processes, as a crash would.
-
-        Returns the PIDs killed (the SuperNode's first). Nothing is
-        deregistered: the SuperLink only notices through missed heartbeats.
-        """
-        pids = kill_now(self.supernode_pids(name))
-        self._processes[name].wait(timeout=10)
-        return pids
-
-    def restart_supernode(  # pylint: disable=too-many-arguments,too-many-positional-arguments
-        self,
-        partition_id: int,
-        num_partitions: int,
-        private_key: Path,
-        node_id: int,
-        timeout: float = 180.0,
-    ) -> str:
-        """Start a crashed SuperNode again with its key; return the new process's name.
-
-        With the same key the SuperNode comes back as the same ``node_id``,
-        but the SuperLink refuses to activate a node it still counts as
-        online ("[code: 2004] Failed to activate SuperNode", exit code 305)
-        until it misses its heartbeats: up to 2 × 30 s after the crash.
-        So this starts it again until the SuperLink logs a new activation
-        of ``node_id``.
-        """
-        activations = self.activated_nodes().count(node_id)
-        deadline = time.monotonic() + timeout
-        attempt = 0
-        while time.monotonic() < deadline:
-            attempt += 1
-            name = f"supernode-{partition_id}-restart-{attempt}"
-            proc = self.start_supernode(partition_id, num_partitions, private_key, name=name)
-            while proc.poll() is None and time.monotonic() < deadline:
-                if self.activated_nodes().count(node_id) > activations:
-                    return name
-                time.sleep(0.2)
-            time.sleep(1.0)
-        raise DeploymentError(
-            f"SuperNode {partition_id} (node {node_id}) was not activated again within "
-            f"{timeout:.0f} s:\n{self.all_logs()}"
-        )
-
-    def wait_for_supernodes(self, count: int, timeout: float = 120.0) -> list[int]:
-        """Wait until ``count`` SuperNodes are active; return their node ids."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ids = self.activated_nodes()
-            if len(ids) >= count:
-                return ids
-            time.sleep(0.2)
-        raise DeploymentError(
-            f"{len(self.activated_nodes())} of {count} SuperNodes connected within {timeout:.0f} s:\n"
-            + self.all_logs()
-        )
-
-    def activated_nodes(self) -> list[int]:
-        """Node ids the SuperLink activated so far (from its log)."""
-        return [int(m) for m in ACTIVATED.findall(self.log("superlink"))]
+        env = dict(self.env)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        return env
 
     # --------------------------------------------------------------- commands
 
@@ -346,98 +276,3 @@ class LocalDeployment:
             log.close()
 
 
-class CommandLines:
-    """The command lines and ``config.toml`` of a deployment on 127.0.0.1.
-
-    Parameters
-    ----------
-    bin_dir : Path
-        Where ``flower-superlink``, ``flower-supernode`` and ``flwr`` are.
-    port : int
-        The SuperLink's Fleet API port.
-    credentials : Credentials | None
-        TLS files; ``None`` means ``--insecure``.
-    supernode_auth : bool
-        Whether the SuperLink requires SuperNode authentication.
-    """
-
-    def __init__(
-        self, bin_dir: Path, port: int, credentials: Credentials | None, supernode_auth: bool
-    ) -> None:
-        self.bin_dir = bin_dir
-        self.port = port
-        self.address = f"127.0.0.1:{port}"
-        self.credentials = credentials
-        self.supernode_auth = supernode_auth
-
-    def config_toml(self) -> str:
-        """``config.toml`` with the federation ``deploy`` pointing at the SuperLink."""
-        lines = ["[superlink]", f'default = "{FEDERATION}"', "", f"[superlink.{FEDERATION}]"]
-        lines.append(f'address = "{self.address}"')
-        if self.credentials is None:
-            lines.append("insecure = true")
-        else:
-            lines.append(f'root-certificates = "{self.credentials.ca_cert.resolve()}"')
-        return "\n".join(lines) + "\n"
-
-    def _tls_server_args(self) -> list[str]:
-        if self.credentials is None:
-            return ["--insecure"]
-        creds = self.credentials
-        return [
-            "--ssl-ca-certfile",
-            str(creds.ca_cert),
-            "--ssl-certfile",
-            str(creds.server_cert),
-            "--ssl-keyfile",
-            str(creds.server_key),
-        ]
-
-    def superlink(self) -> list[str]:
-        """The ``flower-superlink`` command line."""
-        command = [str(self.bin_dir / "flower-superlink"), *self._tls_server_args()]
-        if self.supernode_auth:
-            command.append("--enable-supernode-auth")
-        return command + [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--disable-runtime-dependency-installation",
-        ]
-
-    def supernode(
-        self,
-        partition_id: int,
-        num_partitions: int,
-        port: int,
-        private_key: Path | None = None,
-        max_retries: int | None = None,
-    ) -> list[str]:
-        """The ``flower-supernode`` command line for one SuperNode."""
-        command = [str(self.bin_dir / "flower-supernode")]
-        if self.credentials is None:
-            command.append("--insecure")
-        else:
-            command += ["--root-certificates", str(self.credentials.ca_cert)]
-        if private_key is not None:
-            command += ["--auth-supernode-private-key", str(private_key)]
-        if max_retries is not None:
-            command += ["--max-retries", str(max_retries)]
-        return command + [
-            "--superlink",
-            self.address,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--node-config",
-            f"partition-id={partition_id} num-partitions={num_partitions}",
-        ]
-
-    def flwr_run(self, app_dir: str | Path, run_config: dict[str, Any] | None = None) -> list[str]:
-        """The ``flwr run`` command line for ``app_dir`` on this deployment."""
-        command = [str(self.bin_dir / "flwr"), "run", str(app_dir), FEDERATION, "--stream"]
-        if run_config:
-            command += ["--run-config", format_run_config(run_config)]
-        return command

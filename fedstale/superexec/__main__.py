@@ -1,0 +1,7 @@
+"""``python -m fedstale.superexec``: see :mod:`fedstale.superexec`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
