@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--toml-table"]:  # maintainers: regenerate pyproject.toml's table
         print(toml_run_config_table(), end="")
         return 0
-    if argv[:1] == ["--markdown-table"]:  # maintainers: regenerate README's table
+    if argv[:1] == ["--markdown-table"]:  # maintainers: regenerate docs/configuration.md's table
         print(markdown_field_rows())
         return 0
 

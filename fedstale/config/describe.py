@@ -1,4 +1,4 @@
-"""The field reference: the README table's rows and pyproject.toml's run-config table."""
+"""The field reference: docs/configuration.md's table rows and pyproject.toml's run-config table."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def describe_fields() -> list[tuple[str, str, str]]:
 
 
 def markdown_field_rows() -> str:
-    """The rows of README's field table (``| field | default | meaning |``)."""
+    """The rows of docs/configuration.md's field table (``| field | default | meaning |``)."""
     return "\n".join(
         f"| `{name}` | `{default if default else chr(34) * 2}` | {text} |"
         for name, default, text in describe_fields()
