@@ -1,4 +1,13 @@
-"""Update compression: top-k, int8, error feedback (client mod) and the server decode."""
+"""Update compression: top-k, int8, error feedback (client mod) and the server decode.
+
+Seed table (``python simulations/seed_table.py``; seeds 0-4, 2 CPU cores, 2026-12-01):
+the worst value of each check over the seeds, its bound, and the margin between them.
+
+| test | statistic | seeds | worst | bound | margin |
+|---|---|---|---|---|---|
+| test_top10_with_error_feedback_within_three_points_of_dense_on_digits | dense accuracy, mean of last 3 | 0,1,2,3,4 | 0.920 | >= 0.9 | 0.020 |
+| test_top10_with_error_feedback_within_three_points_of_dense_on_digits | top-10% - dense accuracy, mean of last 3 | 0,1,2,3,4 | -0.013 | >= -0.03 | 0.017 |
+| test_top1_without_error_feedback_is_clearly_worse_on_digits | with - without error feedback accuracy, mean of last 3 | 0,1,2,3,4 | 0.057 | >= 0.04 | 0.017 |"""
 
 from __future__ import annotations
 
@@ -389,14 +398,15 @@ def _wire_bytes(d: int, settings: CompressionSettings) -> int:
     return sum(len(a.data) for a in compress(np.zeros(d), settings)[0].values())
 
 
-def test_top10_with_error_feedback_within_two_points_of_dense_on_digits(learned):
-    """configs/default.yaml, 500 updates: dense ~95 %; top-10 % + EF within 2 points, 5× fewer bytes up."""
+def test_top10_with_error_feedback_within_three_points_of_dense_on_digits(learned):
+    """configs/default.yaml, 500 updates: dense ~93 % (late mean); top-10 % + EF
+    within 3 points of it (1.3 points behind on the worst seed), 5× fewer bytes up."""
     _, _, dense = run(config("default", stop__num_updates=BUDGET, evaluation__every=EVERY))
     _, strategy, topk = run(config("compression", stop__num_updates=BUDGET, evaluation__every=EVERY))
     d, dense_bytes = strategy.codec.num_parameters, strategy.codec.nbytes
     assert _final(dense)["updates"] == _final(topk)["updates"] == 5 * BUDGET
     learned.at_least("dense accuracy, mean of last 3", _late_accuracy(dense), 0.90)
-    learned.at_least("top-10% - dense accuracy, mean of last 3", _late_accuracy(topk) - _late_accuracy(dense), -0.02)
+    learned.at_least("top-10% - dense accuracy, mean of last 3", _late_accuracy(topk) - _late_accuracy(dense), -0.03)
     assert _final(dense)["compression_ratio"] == 1.0
     wire = _wire_bytes(d, CompressionSettings("topk", 0.1))
     assert {r["bytes_up"] for r in topk.updates} == {wire}
@@ -417,11 +427,11 @@ def test_int8_ratio_in_metrics():
 
 
 def test_top1_without_error_feedback_is_clearly_worse_on_digits(learned):
-    """Top-1 %, 500 updates: with error feedback ~84 %, without ~77 %."""
+    """Top-1 %, 500 updates: error feedback is worth at least 4 points (5.7 on the worst seed)."""
     finals = {}
     for feedback in (True, False):
         _, _, rec = run(config("compression", compression__ratio=0.01,
                                compression__error_feedback=feedback,
                                stop__num_updates=BUDGET, evaluation__every=EVERY))
         finals[feedback] = _late_accuracy(rec)
-    learned.at_least("with - without error feedback accuracy, mean of last 3", finals[True] - finals[False], 0.05)
+    learned.at_least("with - without error feedback accuracy, mean of last 3", finals[True] - finals[False], 0.04)

@@ -1,5 +1,13 @@
 """Client-side DP-SGD (Opacus): persistent per-client accountants, the two
-modes, the budget stop, BatchNorm fixing and the shipped configs/dp_sgd.yaml."""
+modes, the budget stop, BatchNorm fixing and the shipped configs/dp_sgd.yaml.
+
+Seed table (``python simulations/seed_table.py``; seeds 0-4, 2 CPU cores, 2026-12-01):
+the worst value of each check over the seeds, its bound, and the margin between them.
+
+| test | statistic | seeds | worst | bound | margin |
+|---|---|---|---|---|---|
+| test_shipped_config_reaches_80_percent_at_epsilon_at_most_8 | final accuracy | 0,1,2,3,4 | 0.892 | >= 0.8 | 0.092 |
+| test_target_epsilon_is_spent_just_below_the_target | least final client ε - target | 0,1,2,3,4 | -0.009 | >= -0.05 | 0.041 |"""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Simulated secure aggregation: fixed point, masks that cancel, dropout, the strategy.
 
-Seed table (``python simulations/seed_table.py``; seeds 0-1, 2 CPU cores, 2026-12-01):
+Seed table (``python simulations/seed_table.py``; seeds 0-4, 2 CPU cores, 2026-12-01):
 the worst value of each check over the seeds, its bound, and the margin between them.
 
 | test | statistic | seeds | worst | bound | margin |
 |---|---|---|---|---|---|
-| test_async_secure_fedbuff_learns | final accuracy | 0-1 | 0.700 | >= 0.5 | 0.200 |"""
+| test_async_secure_fedbuff_learns | final accuracy | 0,1,2,3,4 | 0.603 | >= 0.5 | 0.103 |"""
 
 from __future__ import annotations
 
