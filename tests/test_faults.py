@@ -176,12 +176,12 @@ class LosingGrid(LocalGrid):
 
 def test_a_timeout_is_counted_in_metrics_and_the_client_is_retried(tmp_path):
     cfg = config("fedasync", data__num_clients=4, strategy__concurrency=2, stop__num_updates=8,
-                 evaluation__every=4, comm__timeout=0.3, comm__max_retries=2)
+                 evaluation__every=4, comm__timeout=2.0, comm__max_retries=2)
     grid = LosingGrid(fedstale_client_app, num_nodes=2)
     _, strategy, watched, metrics, clients = _run(cfg, tmp_path, grid)
     lost = [r for r in clients if r["client_id"] == "2"]
-    assert [r["reason"] for r in lost] == ["no reply within 0.3s"] * 3
-    assert all(float(r["wall_duration"]) >= 0.3 for r in lost)
+    assert [r["reason"] for r in lost] == ["no reply within 2s"] * 3
+    assert all(float(r["wall_duration"]) >= 2.0 for r in lost)
     assert int(metrics[-1]["failures"]) == 3 and strategy.pool.excluded == {2}
     assert int(metrics[-1]["version"]) == 8
     assert [c for c, _ in watched.checked] == [2, 2, 2] and all(s for _, s in watched.checked)

@@ -125,7 +125,9 @@ class CommandLines:
             f"partition-id={partition_id} num-partitions={num_partitions}",
         ]
 
-    def superexec(self, port: int, parent_pid: int | None = None, task_log: Path | None = None) -> list[str]:
+    def superexec_command(
+        self, port: int, parent_pid: int | None = None, task_log: Path | None = None
+    ) -> list[str]:
         """The SuperExec command line next to a SuperNode whose Runtime API is on ``port``.
 
         ``fedstale superexec`` and ``flower-superexec`` take the same flags;

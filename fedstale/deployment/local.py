@@ -161,7 +161,9 @@ class LocalDeployment(SuperNodeControl):
         proc = self._start(name, command, cwd)
         self._runtime_ports[name] = port
         if self.superexec != "supernode" and wait_for_port(port, proc, timeout=120.0):
-            self._start(f"{name}-superexec", self.commands.superexec(port, proc.pid, self.log_dir / f"{name}-superexec.tasks.jsonl"), cwd, self._superexec_env())
+            task_log = self.log_dir / f"{name}-superexec.tasks.jsonl"
+            command = self.commands.superexec_command(port, proc.pid, task_log)
+            self._start(f"{name}-superexec", command, cwd, self._superexec_env())
         return proc
 
     def _superexec_env(self) -> dict[str, str]:
