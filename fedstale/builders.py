@@ -12,6 +12,7 @@ from flwr.serverapp.strategy import Result
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from .aggregation.filters import NormBound, ValidationCheck
+from .aggregation.optimizers import ServerOptimizer, make_server_optimizer
 from .aggregation.privacy import CentralGaussianMechanism
 from .aggregation.reducers import Reducer
 from .aggregation.staleness import make_staleness_function
@@ -159,12 +160,26 @@ def make_validation_loss(config: Config) -> Callable[[torch.Tensor], float]:
     return loss_fn
 
 
+def build_server_optimizer(config: Config) -> ServerOptimizer:
+    """``strategy.server_optimizer`` with η = ``server_lr`` and its parameters."""
+    s = config.strategy
+    return make_server_optimizer(
+        s.server_optimizer,
+        lr=s.server_lr,
+        momentum=s.server_momentum,
+        beta_1=s.adaptive.beta_1,
+        beta_2=s.adaptive.beta_2,
+        tau=s.adaptive.tau,
+    )
+
+
 def strategy_kwargs(config: Config) -> dict[str, Any]:
     """Constructor arguments specific to the configured strategy."""
     strategy = config.strategy
+    optimizer = {"server_optimizer": build_server_optimizer(config)}
     if strategy.name == "fedasync":
         f = strategy.filter
-        return {
+        return optimizer | {
             "alpha": strategy.alpha,
             "norm_bound": None if f.norm_bound is None else NormBound(f.norm_bound, f.norm_window),
             "validation": (
@@ -175,11 +190,9 @@ def strategy_kwargs(config: Config) -> dict[str, Any]:
             "trust_window": strategy.trust.window,
         }
     if strategy.name == "fedavg":
-        return {"reducer": build_reducer(config)}
-    kwargs: dict[str, Any] = {
+        return optimizer | {"reducer": build_reducer(config)}
+    kwargs: dict[str, Any] = optimizer | {
         "buffer_size": strategy.buffer_size,
-        "server_lr": strategy.server_lr,
-        "server_momentum": strategy.server_momentum,
         "normalization": strategy.normalization,
         "weight_by_examples": strategy.weight_by_examples,
         "reducer": build_reducer(config),

@@ -80,6 +80,7 @@ from .schema import (
     NONE_STRINGS,
     SPEED_PARAM_NAMES,
     SPEED_PARAMETERS,
+    AdaptiveConfig,
     AttackConfig,
     CentralDpConfig,
     ClientConfig,
@@ -108,7 +109,7 @@ from .schema import (
 
 __all__ = [
     "NONE_STRINGS", "SPEED_PARAMETERS", "SPEED_PARAM_NAMES", "TEXT_MODELS",
-    "AttackConfig", "CentralDpConfig", "ClientConfig", "CommConfig", "CompressionConfig",
+    "AdaptiveConfig", "AttackConfig", "CentralDpConfig", "ClientConfig", "CommConfig", "CompressionConfig",
     "Config", "ConfigError", "DataConfig", "DelayConfig", "DynamicConfig", "EvaluationConfig",
     "FilterConfig", "LocalDpConfig", "ModelConfig", "OutputConfig", "PrivacyConfig",
     "RobustConfig", "RunConfig", "SecAggConfig", "SpeedConfig", "StalenessConfig", "StopConfig",

@@ -135,6 +135,15 @@ class DynamicConfig:
 
 
 @dataclass
+class AdaptiveConfig:
+    """``strategy.adaptive``: the adaptive server optimizers (adam, yogi, adagrad)."""
+
+    beta_1: float = _f(0.9, "β1, decay of the first moment m (Flower's beta_1)", ge=0, lt=1)
+    beta_2: float = _f(0.99, "β2, decay of the second moment v (adam, yogi; Flower's beta_2)", ge=0, lt=1)
+    tau: float = _f(1e-3, "τ of x ← x + η·m/(√v + τ), the adaptivity (Flower's tau; not the staleness)", gt=0)
+
+
+@dataclass
 class RobustConfig:
     """``strategy.robust``: parameters of the robust aggregation pipeline."""
 
@@ -190,8 +199,15 @@ class StrategyConfig:
     )
     concurrency: int = _f(10, "C, clients training at once (async) or per round (sync)", ge=1)
     buffer_size: int = _f(5, "K, updates per server step (fedbuff, dynamic)", ge=1)
-    server_lr: float = _f(1.0, "η_g, server learning rate (fedbuff, dynamic)", gt=0)
-    server_momentum: float = _f(0.0, "β, server momentum (fedbuff, dynamic)", ge=0, lt=1)
+    server_lr: float = _f(
+        1.0, "η, server learning rate of strategy.server_optimizer (FedAsync: × α_t; Flower's eta)", gt=0
+    )
+    server_momentum: float = _f(0.0, "β, server momentum (server_optimizer sgd)", ge=0, lt=1)
+    server_optimizer: str = _f(
+        "sgd",
+        "step on the aggregated pseudo-gradient: sgd (with server_momentum), adam, yogi or adagrad (with strategy.adaptive)",
+        choices=("sgd", "adam", "yogi", "adagrad"),
+    )
     normalization: str = _f(
         "count",
         "divide the weighted sum by K (count) or by Σ s(τ) (weight_sum)",
@@ -205,6 +221,7 @@ class StrategyConfig:
         "buffer reducer, optionally after pre-aggregators: e.g. median, clip>nnm>trimmed_mean",
     )
     staleness: StalenessConfig = _section(StalenessConfig)
+    adaptive: AdaptiveConfig = _section(AdaptiveConfig)
     dynamic: DynamicConfig = _section(DynamicConfig)
     robust: RobustConfig = _section(RobustConfig)
     trust: TrustConfig = _section(TrustConfig)

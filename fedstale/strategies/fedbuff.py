@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from flwr.supercore import log
 
+from ..aggregation.optimizers import SGD, ServerOptimizer
 from ..aggregation.reducers import Reducer, WeightedMean
 from ..component_state import capture, restore
 from .base import AsyncStrategy
@@ -28,10 +29,13 @@ class FedBuff(AsyncStrategy):
 
     where R is the buffer reducer (the weighted mean Σ w_i Δ_i / Σ w_i by
     default, so "count" is the paper's (1/K) Σ s(τ_i) Δ_i and "weight_sum" is
-    Σ s(τ_i) Δ_i / Σ s(τ_i)). Then, with server momentum β and learning
-    rate η_g:
+    Σ s(τ_i) Δ_i / Σ s(τ_i)). Then the server optimizer steps on d; by
+    default SGD with server momentum β and learning rate η_g:
 
         m ← β·m + d,   x ← x + η_g·m     (β = 0: x ← x + η_g·d)
+
+    and with an adaptive one (:mod:`fedstale.aggregation.optimizers`: Adam,
+    Yogi, Adagrad) x ← x + η·c_t·m/(√v + τ).
 
     "count" shrinks the step when the buffer is stale (stale updates count
     less *and* the step is smaller); "weight_sum" only reweights within the
@@ -59,6 +63,9 @@ class FedBuff(AsyncStrategy):
         η_g.
     server_momentum : float (default: 0.0)
         β in [0, 1).
+    server_optimizer : ServerOptimizer | None (default: None)
+        Steps on d; None is ``SGD(server_lr, server_momentum)`` (the two
+        are then ignored).
     normalization : str (default: "count")
         "count" or "weight_sum", see above.
     weight_by_examples : bool (default: False)
@@ -79,6 +86,7 @@ class FedBuff(AsyncStrategy):
         normalization: str = "count",
         weight_by_examples: bool = False,
         reducer: Reducer | None = None,
+        server_optimizer: ServerOptimizer | None = None,
         **kwargs: Any,
     ) -> None:
         if buffer_size < 1:
@@ -97,18 +105,21 @@ class FedBuff(AsyncStrategy):
         self.normalization = normalization
         self.weight_by_examples = weight_by_examples
         self.reducer = reducer if reducer is not None else WeightedMean()
+        self.server_optimizer = (
+            server_optimizer
+            if server_optimizer is not None
+            else SGD(lr=server_lr, momentum=server_momentum)
+        )
         self._buffer: list[ClientUpdate] = []
         self._held: list[ClientUpdate] = []
-        self._momentum: torch.Tensor | None = None
 
     def summary(self) -> None:
         """Log the configuration."""
         log(
             INFO,
-            "\t├──> Buffer K=%d, η_g=%g, momentum=%g, normalization=%s, reducer=%s",
+            "\t├──> Buffer K=%d, server optimizer %s, normalization=%s, reducer=%s",
             self.buffer_size,
-            self.server_lr,
-            self.server_momentum,
+            self.server_optimizer.describe(),
             self.normalization,
             self.reducer.name,
         )
@@ -118,21 +129,32 @@ class FedBuff(AsyncStrategy):
         super()._reset_run_state()
         self._buffer = []
         self._held = []
-        self._momentum = None
         if hasattr(self, "reducer"):
             self.reducer.reset()
+        if hasattr(self, "server_optimizer"):
+            self.server_optimizer.reset()
 
     def extra_run_state(self) -> dict[str, Any]:
-        """Server momentum and the reducer's state (for resume).
+        """The server optimizer's and the reducer's state (for resume).
 
-        The buffer is empty at every resume point: a new version is made by
+        ``momentum`` is SGD's momentum buffer (None for the other
+        optimizers), under the key resume points have always had it. The
+        buffer is empty at every resume point: a new version is made by
         flushing it.
         """
-        return {"momentum": self._momentum, "reducer": capture(self.reducer)}
+        momentum = getattr(self.server_optimizer, "momentum_buffer", None)
+        return {
+            "momentum": momentum,
+            "reducer": capture(self.reducer),
+            "server_optimizer": capture(self.server_optimizer),
+        }
 
     def load_extra_run_state(self, state: dict[str, Any]) -> None:
         """Put back what :meth:`extra_run_state` returned."""
-        self._momentum = state["momentum"]
+        if "server_optimizer" in state:
+            restore(self.server_optimizer, state["server_optimizer"])
+        elif isinstance(self.server_optimizer, SGD):  # a resume point from before optimizers
+            self.server_optimizer.momentum_buffer = state["momentum"]
         restore(self.reducer, state["reducer"])
 
     def staleness_weight(self, update: ClientUpdate) -> float:
@@ -185,10 +207,5 @@ class FedBuff(AsyncStrategy):
         return self.apply_direction(model, direction)
 
     def apply_direction(self, model: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """m ← β·m + d, x ← x + η_g·m (x ← x + η_g·d without momentum)."""
-        if self.server_momentum > 0:
-            if self._momentum is None:
-                self._momentum = torch.zeros_like(direction)
-            self._momentum = self.server_momentum * self._momentum + direction
-            direction = self._momentum
-        return model + self.server_lr * direction
+        """The server optimizer's step on d (SGD: m ← β·m + d, x ← x + η_g·m)."""
+        return self.server_optimizer.step(model, direction)
