@@ -26,7 +26,7 @@ from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
 from .simulation.clock import Clock, VirtualClock, WallClock
 from .simulation.delays import DelayModel, make_distribution
-from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff
+from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff, make_selection
 
 
 def partition_spec(config: Config) -> PartitionSpec:
@@ -244,6 +244,13 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
             config.privacy.local.max_participations if config.privacy.local.enabled else 0
         ),
         fail_fast=config.comm.fail_fast,
+        selection=make_selection(
+            s.selection,
+            config.run.seed,
+            epsilon=s.oort.epsilon,
+            alpha=s.oort.alpha,
+            preferred_duration=s.oort.preferred_duration,
+        ),
         **strategy_kwargs(config),
     )
 

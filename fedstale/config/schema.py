@@ -144,6 +144,17 @@ class AdaptiveConfig:
 
 
 @dataclass
+class OortConfig:
+    """``strategy.oort``: Oort's utility-guided client selection (strategy.selection: oort)."""
+
+    epsilon: float = _f(0.1, "ε, share of picks that explore clients never heard from", ge=0, le=1)
+    alpha: float = _f(2.0, "α of the speed penalty (T/t)^α of clients slower than T", ge=0)
+    preferred_duration: float | None = _f(
+        None, "T, preferred task duration in virtual seconds (none: the median last duration of explored clients)", gt=0, optional=True
+    )
+
+
+@dataclass
 class RobustConfig:
     """``strategy.robust``: parameters of the robust aggregation pipeline."""
 
@@ -215,6 +226,11 @@ class StrategyConfig:
     )
     weight_by_examples: bool = _f(False, "multiply weights by n_i / mean(n) (fedbuff, dynamic)")
     alpha: float = _f(0.6, "mixing α of FedAsync", gt=0, le=1)
+    selection: str = _f(
+        "random",
+        "who trains next among the idle clients: random (seeded uniform), round_robin, least_participated, fastest_first (shortest last virtual duration) or oort (strategy.oort)",
+        choices=("random", "round_robin", "least_participated", "fastest_first", "oort"),
+    )
     max_staleness: int | None = _f(None, "drop updates staler than this (none: keep all)", ge=0, optional=True)
     aggregator: str = _f(
         "mean",
@@ -222,6 +238,7 @@ class StrategyConfig:
     )
     staleness: StalenessConfig = _section(StalenessConfig)
     adaptive: AdaptiveConfig = _section(AdaptiveConfig)
+    oort: OortConfig = _section(OortConfig)
     dynamic: DynamicConfig = _section(DynamicConfig)
     robust: RobustConfig = _section(RobustConfig)
     trust: TrustConfig = _section(TrustConfig)

@@ -69,8 +69,9 @@ from ..simulation.clock import Clock, WallClock
 from .failfast import FailFast
 from .ledger import train_metrics
 from .loop import EventLoop
-from .pool import RandomSelection, SelectionPolicy
+from .pool import SelectionPolicy
 from .recorder import NullRecorder, Recorder
+from .selection import RandomSelection
 from .trust_helpers import trust_cell
 
 if TYPE_CHECKING:
@@ -142,8 +143,8 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         first replies, from this many clients, all fail the same way before
         any succeeds (:mod:`fedstale.strategies.failfast`). 0: never.
     selection : SelectionPolicy | None (default: None)
-        Chooses idle clients (:mod:`fedstale.strategies.pool`); None is a
-        uniform choice seeded by ``seed``.
+        Chooses idle clients (:mod:`fedstale.strategies.selection`); None is
+        a uniform choice seeded by ``seed``.
     """
 
     supported_modes: tuple[str, ...] = ("async", "sync")

@@ -104,7 +104,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             return self._close_round_if_done()
         self.fail_fast.on_success()
         staleness = self.version - task.dispatch_version
-        self.pool.on_success(task.client_id, staleness)
+        self.pool.on_reply(task, staleness)
         if self.max_staleness is not None and staleness > self.max_staleness:
             self.ledger.dropped += 1
             self._drop(task, f"staleness > {self.max_staleness}")

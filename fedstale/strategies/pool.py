@@ -3,34 +3,38 @@
 :class:`ClientPool` keeps the books of a run's clients: which are training
 (busy), which were left out after failures, which wait to be dispatched
 again after a failure (first in line, possibly after a backoff), how many
-tasks each was sent (its participations, capped by ``max_participations``)
-and the staleness of its last update (for the delay-aware learning rate).
+tasks each was sent (its participations, capped by ``max_participations``),
+the staleness of its last update (for the delay-aware learning rate) and
+the virtual duration, loss and example count of its last intact reply (for
+time- and utility-aware selection).
 
 Selection has two parts. The pool decides who *may* train: an idle client
 that is not left out, has budget left and is not backing off; clients to
-retry come first, in the order they failed. A :class:`SelectionPolicy`
-decides who *does* among the other idle clients. :class:`RandomSelection`,
-a seeded uniform choice without replacement, is the only policy today.
-
-Adding a policy (round robin, least participated, fastest first, Oort)
-means one class with :meth:`SelectionPolicy.choose`, which may read the
-pool's books (:meth:`ClientPool.participations`,
-:attr:`ClientPool.last_staleness`, ...) and keeps its own state across a
-resume through ``run_state``/``load_run_state``. Client availability would
-be one more filter where :meth:`ClientPool.select` computes the idle set.
+retry come first, in the order they failed. A :class:`SelectionPolicy` decides who *does* among the
+other idle clients: one class a file in :mod:`fedstale.strategies.selection`
+(``random``, the default, ``round_robin``, ``least_participated``,
+``fastest_first``, ``oort``), each reading the pool's books and keeping its
+own state across a resume through ``run_state``/``load_run_state``.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..progress import log_line
+from .selection.random_choice import RandomSelection  # noqa: F401  (re-exported)
 
-BOOKS = ("excluded", "retry_first", "consecutive_failures", "last_staleness", "task_index")
+if TYPE_CHECKING:
+    from .task import Task
+
+BOOKS = (
+    "excluded", "retry_first", "consecutive_failures", "last_staleness", "task_index",
+    "last_duration", "last_loss", "last_examples",
+)
 """The per-client books a resume point saves (see :meth:`ClientPool.books`)."""
 
 
@@ -54,39 +58,6 @@ class SelectionPolicy(Protocol):
 
     def load_run_state(self, state: Any) -> None:
         """Continue from what :meth:`run_state` returned."""
-
-
-class RandomSelection:
-    """A uniform choice without replacement, seeded by ``seed``.
-
-    Parameters
-    ----------
-    seed : int
-        The run's seed; the generator is ``default_rng([seed, 4])``.
-    """
-
-    name = "random"
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.reset()
-
-    def reset(self) -> None:
-        """A fresh generator from the seed."""
-        self.rng = np.random.default_rng([self.seed, 4])
-
-    def choose(self, idle: list[int], count: int, pool: ClientPool) -> list[int]:
-        """``count`` clients drawn uniformly from ``idle``, in draw order."""
-        del pool
-        return [int(c) for c in self.rng.choice(idle, size=count, replace=False)]
-
-    def run_state(self) -> Any:
-        """The generator's state."""
-        return self.rng.bit_generator.state
-
-    def load_run_state(self, state: Any) -> None:
-        """Put the generator's state back."""
-        self.rng.bit_generator.state = state
 
 
 class ClientPool:  # pylint: disable=too-many-instance-attributes
@@ -133,6 +104,12 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         self.last_staleness: dict[int, int] = {}
         self.task_index: dict[int, int] = {}
         """Tasks sent to each client so far."""
+        self.last_duration: dict[int, float] = {}
+        """Virtual seconds from dispatch to finish of each client's last intact reply."""
+        self.last_loss: dict[int, float] = {}
+        """Loss of each client's last intact reply (√ of its ``train-loss-squared``, else its ``train-loss``)."""
+        self.last_examples: dict[int, int] = {}
+        """``num-examples`` of each client's last intact reply."""
 
     def populate(self, num_clients: int) -> None:
         """The population is clients ``0 .. num_clients - 1``."""
@@ -210,6 +187,19 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         """A reply arrived intact, with staleness ``staleness``."""
         self.consecutive_failures[client_id] = 0
         self.last_staleness[client_id] = staleness
+
+    def on_reply(self, task: Task, staleness: int) -> None:
+        """An intact reply to ``task`` was delivered: :meth:`on_success`, and its duration, loss, size."""
+        client = task.client_id
+        self.on_success(client, staleness)
+        assert task.finish_time is not None
+        self.last_duration[client] = task.finish_time - task.dispatch_time
+        self.last_examples[client] = int(task.metrics["num-examples"])
+        squared, loss = task.metrics.get("train-loss-squared"), task.metrics.get("train-loss")
+        if squared is not None:
+            self.last_loss[client] = float(squared) ** 0.5  # type: ignore[operator]
+        elif loss is not None:
+            self.last_loss[client] = float(loss)  # type: ignore[arg-type]
 
     def on_failure(self, client_id: int, reason: str) -> None:
         """A task failed: leave the client out, or line it up for a retry."""
