@@ -24,6 +24,7 @@ from .config import Config, ConfigError
 from .data import PartitionSpec, client_partitions, load_split
 from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
+from .availability import Availability, make_availability
 from .simulation.clock import Clock, VirtualClock, WallClock
 from .simulation.delays import DelayModel, make_distribution
 from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff, make_selection
@@ -80,6 +81,15 @@ def build_clock(config: Config) -> Clock:
         seed=config.run.seed,
     )
     return VirtualClock(delays)
+
+
+def build_availability(config: Config) -> Availability:
+    """The ``availability`` model (``always`` unless set)."""
+    a = config.availability
+    return make_availability(
+        a.model, seed=config.run.seed, mean_online=a.mean_online,
+        mean_offline=a.mean_offline, trace=a.trace,
+    )
 
 
 def build_reducer(config: Config) -> Reducer:
@@ -251,6 +261,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
             alpha=s.oort.alpha,
             preferred_duration=s.oort.preferred_duration,
         ),
+        availability=build_availability(config),
         **strategy_kwargs(config),
     )
 

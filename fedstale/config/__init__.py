@@ -82,6 +82,7 @@ from .schema import (
     SPEED_PARAMETERS,
     AdaptiveConfig,
     AttackConfig,
+    AvailabilityConfig,
     CentralDpConfig,
     ClientConfig,
     CommConfig,
@@ -110,7 +111,7 @@ from .schema import (
 
 __all__ = [
     "NONE_STRINGS", "SPEED_PARAMETERS", "SPEED_PARAM_NAMES", "TEXT_MODELS",
-    "AdaptiveConfig", "AttackConfig", "CentralDpConfig", "ClientConfig", "CommConfig", "CompressionConfig",
+    "AdaptiveConfig", "AttackConfig", "AvailabilityConfig", "CentralDpConfig", "ClientConfig", "CommConfig", "CompressionConfig",
     "Config", "ConfigError", "DataConfig", "DelayConfig", "DynamicConfig", "EvaluationConfig",
     "FilterConfig", "LocalDpConfig", "ModelConfig", "OortConfig", "OutputConfig", "PrivacyConfig",
     "RobustConfig", "RunConfig", "SecAggConfig", "SpeedConfig", "StalenessConfig", "StopConfig",

@@ -49,6 +49,35 @@ def cross_checks(config: Config, explicit: set[str]) -> list[str]:
     problems += _privacy_checks(config)
     problems += _resume_checks(config)
     problems += _tracker_checks(config)
+    problems += _availability_checks(config, explicit)
+    return problems
+
+
+def _availability_checks(config: Config, explicit: set[str]) -> list[str]:
+    """A simulated availability model needs the virtual clock; a trace must be readable."""
+    # pylint: disable=import-outside-toplevel
+    from ..availability.trace import TraceError, read_trace
+
+    availability, problems = config.availability, []
+    if availability.model != "always" and config.delay.clock != "virtual":
+        problems.append(
+            f"availability.model: '{availability.model}' is simulated on the virtual clock; "
+            "use delay.clock: virtual, or availability.model: always (in deployment a "
+            "SuperNode that is down shows up as failed tasks)"
+        )
+    if availability.model == "trace":
+        if not availability.trace:
+            problems.append("availability.trace: model 'trace' needs a CSV file of client_id,start,end")
+        else:
+            try:
+                read_trace(availability.trace)
+            except TraceError as err:
+                problems.append(f"availability.trace: {err}")
+    elif "availability.trace" in explicit and availability.trace:
+        problems.append(
+            f"availability.trace: only read with availability.model: trace (got model "
+            f"'{availability.model}')"
+        )
     return problems
 
 

@@ -286,6 +286,20 @@ class DelayConfig:
 
 
 @dataclass
+class AvailabilityConfig:
+    """``availability``: which clients are online when (simulated, on the virtual clock)."""
+
+    model: str = _f(
+        "always",
+        "always (every client online), on_off (alternating exponential online/offline periods per client) or trace (online intervals from a CSV)",
+        choices=("always", "on_off", "trace"),
+    )
+    mean_online: float = _f(60.0, "mean online period in virtual seconds (on_off)", gt=0)
+    mean_offline: float = _f(20.0, "mean offline period in virtual seconds (on_off)", gt=0)
+    trace: str = _f("", "CSV file with header client_id,start,end: online intervals in virtual seconds (trace)")
+
+
+@dataclass
 class StopConfig:
     """``stop``: when the run ends (whichever comes first)."""
 
@@ -449,6 +463,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     attack: AttackConfig = _section(AttackConfig)
     privacy: PrivacyConfig = _section(PrivacyConfig)
     compression: CompressionConfig = _section(CompressionConfig)
+    availability: AvailabilityConfig = _section(AvailabilityConfig)
 
 
 SPEED_PARAMETERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -65,7 +65,8 @@ from flwr.supercore import log
 
 from ..aggregation.staleness import Polynomial, StalenessFunction
 from ..progress import log_line
-from ..simulation.clock import Clock, WallClock
+from ..availability import AlwaysOnline, Availability
+from ..simulation.clock import Clock, VirtualClock, WallClock
 from .failfast import FailFast
 from .ledger import train_metrics
 from .loop import EventLoop
@@ -145,6 +146,10 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
     selection : SelectionPolicy | None (default: None)
         Chooses idle clients (:mod:`fedstale.strategies.selection`); None is
         a uniform choice seeded by ``seed``.
+    availability : Availability | None (default: None)
+        Who is online when (:mod:`fedstale.availability`; needs
+        the virtual clock): only online clients are dispatched, and a task
+        whose client goes offline first is lost. None: always online.
     """
 
     supported_modes: tuple[str, ...] = ("async", "sync")
@@ -178,6 +183,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         max_participations: int = 0,
         fail_fast: int = 3,
         selection: SelectionPolicy | None = None,
+        availability: Availability | None = None,
     ) -> None:
         if mode not in self.supported_modes:
             raise ValueError(
@@ -199,6 +205,9 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         self.trust, self.adversary, self.central_dp = trust, adversary, central_dp
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
         self.selection = selection if selection is not None else RandomSelection(seed)
+        self.availability = availability if availability is not None else AlwaysOnline()
+        if not isinstance(self.availability, AlwaysOnline) and not isinstance(self.clock, VirtualClock):
+            raise ValueError("availability models are simulated: they need the virtual clock")
         self.fail_fast = FailFast(fail_fast)
         self._reset_run_state()
 
@@ -211,6 +220,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         log(INFO, "\t├──> max_staleness: %s", limit)
         if self.central_dp is not None:
             log(INFO, "\t├──> Privacy: %s", self.central_dp.describe())
+        log(INFO, "\t├──> Availability: %s", self.availability.describe())
         log(INFO, "\t└──> Clock: %s", self.clock.name)
 
     def configure_train(
@@ -222,7 +232,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         ``arrays`` and ``config`` plus the task's ``client-id``,
         ``num-clients``, ``task-id``, ``seed`` and delay-aware ``lr``.
         """
-        clients = self.pool.select(self.inflight.free_slots(self.mode, self.concurrency))
+        clients = self.pool.select(self.inflight.free_slots(self.mode, self.concurrency), self.clock.now)
         dispatcher = self.dispatcher
         return [
             dispatcher.train_message(dispatcher.new_task(c, server_round, config), arrays, config)
@@ -336,6 +346,8 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         while not self._should_stop(num_rounds, target_accuracy):
             self._dispatch(grid)
             self.courier.pump(grid)
+            if self._wake(max_virtual_time):
+                continue
             task = self.clock.next_due(self.inflight)
             if task is None:
                 if not self.inflight and not self.pool.backing_off():

@@ -54,7 +54,9 @@ from .pool import ClientPool
 from .run_state import capture_run_state, restore_run_state
 from .task import ClientUpdate, Task
 from .transport import Transport
+from .updates import updates_of
 from .versions import GlobalModel, SnapshotStore
+from .wakeups import next_wakeup
 
 
 class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-attributes
@@ -87,9 +89,10 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
     def process(self, task: Task) -> bool:
         """Deliver one task's reply at ``clock.now``.
 
-        A failed task is counted and its client retried or left out; a too
-        stale one is dropped; in sync mode a reply waits for the round's
-        last; else it is merged (:meth:`aggregate_train`).
+        A task lost because its client went offline is dropped; a failed
+        task is counted and its client retried or left out; a too stale one
+        is dropped; in sync mode a reply waits for the round's last; else it
+        is merged (:meth:`aggregate_train`).
 
         Returns
         -------
@@ -99,6 +102,10 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.inflight.delivered(task)
         self.pool.task_ended(task.client_id)
         self.ledger.count_delivered(task, self.codec.nbytes)
+        if task.lost is not None:  # its client went offline first
+            self.ledger.dropped += 1
+            self._drop(task, task.lost)
+            return self._close_round_if_done()
         if task.failure is not None:
             self._on_failure(task)
             return self._close_round_if_done()
@@ -139,6 +146,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             retry_backoff=self.retry_backoff,
             max_participations=self.max_participations,
             retry=self.mode == "async",
+            availability=self.availability,
         )
         self.placement = Placement([], self.num_clients or 0, self.message_ttl)
         self.transport = Transport([], self.max_inflight_per_node, None, math.inf)
@@ -238,6 +246,23 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         ) or self.pool.stop_reason(idle=not self.inflight)
         return bool(self._stop_reason)
 
+    def _wake(self, max_virtual_time: float | None) -> bool:
+        """Move the clock to the next event that is not a delivery, if it comes first.
+
+        The event (:func:`~fedstale.strategies.wakeups.next_wakeup`) is a
+        client coming online while a slot is free. Returns whether the clock
+        moved (or the virtual-time budget ran out first).
+        """
+        at = next_wakeup(self)
+        if math.isinf(at) or not self.clock.reached(at, self.inflight):
+            return False
+        if max_virtual_time is not None and at > max_virtual_time:
+            self.clock.now = max(self.clock.now, max_virtual_time)
+            self._stop_reason = f"virtual-time budget {max_virtual_time:g}s"
+            return True
+        self.clock.move_to(at)
+        return True
+
     def _dispatch(self, grid: Grid) -> None:
         """Fill free slots with new tasks, queued for their nodes."""
         if self.inflight.free_slots(self.mode, self.concurrency) <= 0:
@@ -246,29 +271,11 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.dispatcher.enqueue(self.configure_train(self.version, arrays, self._train_config, grid))
 
     def _updates_of(self, replies: Iterable[Message]) -> list[ClientUpdate]:
-        """The intact replies' tasks as updates (the adversary's interception applied)."""
-        updates = []
-        for reply in replies:
-            task = self.inflight.claim(reply.metadata.reply_to_message_id)
-            if task is None:
-                log_line("ignoring a reply to an unknown message", warning=True)
-                continue
-            if not task.arrived:
-                self.courier.receive(task, reply)
-            if task.failure is None:
-                assert task.params is not None
-                update = ClientUpdate(
-                    task=task,
-                    params=task.params,
-                    base=self.snapshots.base(task.dispatch_version),
-                    staleness=self.version - task.dispatch_version,
-                    num_examples=int(task.metrics["num-examples"]),
-                )
-                if self.adversary is not None:
-                    self.adversary.intercept(update)
-                updates.append(update)
-            self.snapshots.release(task.dispatch_version, self.version)
-        return updates
+        """The intact replies' tasks as updates (:func:`~fedstale.strategies.updates.updates_of`)."""
+        return updates_of(
+            replies, inflight=self.inflight, courier=self.courier, snapshots=self.snapshots,
+            version=self.version, adversary=self.adversary,
+        )
 
     def _on_failure(self, task: Task) -> None:
         self.ledger.failures += 1

@@ -9,8 +9,9 @@ the virtual duration, loss and example count of its last intact reply (for
 time- and utility-aware selection).
 
 Selection has two parts. The pool decides who *may* train: an idle client
-that is not left out, has budget left and is not backing off; clients to
-retry come first, in the order they failed. A :class:`SelectionPolicy` decides who *does* among the
+that is online (:mod:`fedstale.availability`), is not left out,
+has budget left and is not backing off; clients to retry come first, in the
+order they failed. A :class:`SelectionPolicy` decides who *does* among the
 other idle clients: one class a file in :mod:`fedstale.strategies.selection`
 (``random``, the default, ``round_robin``, ``least_participated``,
 ``fastest_first``, ``oort``), each reading the pool's books and keeping its
@@ -20,12 +21,14 @@ own state across a resume through ``run_state``/``load_run_state``.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..progress import log_line
+from ..availability import AlwaysOnline, Availability
 from .selection.random_choice import RandomSelection  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -78,6 +81,9 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
     retry : bool (default: True)
         Whether a failed client is put first in line (async mode); in sync
         mode each round selects anew.
+    availability : Availability | None (default: None)
+        Who is online when (:mod:`fedstale.availability`); None:
+        everyone, always.
     """
 
     def __init__(
@@ -88,8 +94,10 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         retry_backoff: tuple[float, float] = (0.0, 60.0),
         max_participations: int = 0,
         retry: bool = True,
+        availability: Availability | None = None,
     ) -> None:
         self.policy = policy
+        self.availability = availability if availability is not None else AlwaysOnline()
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.max_participations = max_participations
@@ -136,8 +144,10 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
             del self.retry_at[client]
         return set(self.retry_at)
 
-    def select(self, count: int) -> list[int]:
-        """Pick up to ``count`` clients: those to retry first, then the policy's choice.
+    def select(self, count: int, now: float = 0.0) -> list[int]:
+        """Pick up to ``count`` clients online at ``now``: those to retry first, then the policy's.
+
+        A client to retry that is offline keeps its place in line.
 
         Returns
         -------
@@ -146,7 +156,7 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         """
         chosen: list[int] = []
         spent = self.budget_spent()
-        waiting = self.backing_off()
+        waiting = self.backing_off() | self.offline(now)
         for client in [c for c in self.retry_first if c not in waiting]:
             if len(chosen) == count:
                 break
@@ -158,6 +168,26 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         if extra > 0:
             chosen += self.policy.choose(idle, extra, self)
         return chosen
+
+    def offline(self, now: float) -> set[int]:
+        """Clients not online at ``now`` (none when everyone always is)."""
+        if isinstance(self.availability, AlwaysOnline):
+            return set()
+        return {c for c in self.clients if not self.availability.is_online(c, now)}
+
+    def next_online(self, now: float) -> float:
+        """When the first idle client that may train and is offline at ``now`` comes online.
+
+        inf when none will (or everyone is always online).
+        """
+        if isinstance(self.availability, AlwaysOnline):
+            return math.inf
+        idle = self.clients - self.busy - self.excluded - self.budget_spent()
+        return min(
+            (self.availability.next_online(c, now) for c in sorted(idle)
+             if not self.availability.is_online(c, now)),
+            default=math.inf,
+        )
 
     def sample_for_evaluation(self, count: int, seed: int, version: int) -> list[int]:
         """``count`` clients not left out, for federated evaluation at ``version`` (sorted).

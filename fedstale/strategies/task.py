@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,10 @@ class Task:  # pylint: disable=too-many-instance-attributes
     """Whether a retry would fail the same way (a ClientApp exception, a
     malformed update), as opposed to a transient fault (a timeout, a node
     that is down); see :mod:`fedstale.strategies.failfast`."""
+    offline_at: float = math.inf
+    """When the client goes offline (availability), known at dispatch; inf: never."""
+    lost: str | None = None
+    """Why the task was lost: its client went offline before it finished."""
     params: torch.Tensor | None = None
     """The client's returned model as a flat vector, once it arrived."""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +120,18 @@ class ClientUpdate:
     def delta(self) -> torch.Tensor:
         """Δ = x_local − x_start."""
         return self.params - self.base
+
+
+def cut_at_offline(task: Task) -> None:
+    """A task whose client goes offline before it finishes ends then, lost.
+
+    Called once the clock has given the task its finish time; the task is
+    then delivered at ``offline_at`` (no earlier than the lower bound the
+    clock promised, which the dispatcher capped at ``offline_at``).
+    """
+    if task.finish_time is not None and task.finish_time > task.offline_at:
+        task.finish_time = max(task.offline_at, task.earliest_finish)
+        task.lost = f"offline at t={task.offline_at:.6g}"
 
 
 def training_settings(
