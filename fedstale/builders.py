@@ -18,13 +18,13 @@ from .aggregation.reducers import Reducer
 from .aggregation.staleness import make_staleness_function
 from .aggregation.trust import TrustTracker
 from .aggregation.vectors import ModelCodec
+from .availability import Availability, make_availability
 from .client.torch_client import set_torch_threads
 from .client.training import evaluate, pick_device
 from .config import Config, ConfigError
 from .data import PartitionSpec, client_partitions, load_split
 from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
-from .availability import Availability, make_availability
 from .simulation.clock import Clock, VirtualClock, WallClock
 from .simulation.delays import DelayModel, make_distribution
 from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff, make_selection
@@ -203,6 +203,8 @@ def strategy_kwargs(config: Config) -> dict[str, Any]:
         return optimizer | {"reducer": build_reducer(config)}
     kwargs: dict[str, Any] = optimizer | {
         "buffer_size": strategy.buffer_size,
+        "aggregation_delay": strategy.aggregation_delay,
+        "min_updates": strategy.min_updates,
         "normalization": strategy.normalization,
         "weight_by_examples": strategy.weight_by_examples,
         "reducer": build_reducer(config),
@@ -226,7 +228,8 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
     """The configured strategy, with its clock and staleness function."""
     s = config.strategy
     staleness = make_staleness_function(
-        s.staleness.name, a=s.staleness.a, b=s.staleness.b, w=s.staleness.w
+        s.staleness.name, a=s.staleness.a, b=s.staleness.b, w=s.staleness.w,
+        w_per_second=s.staleness.w_per_second,
     )
     cls = SecAggFedBuff if config.privacy.secagg.enabled else STRATEGIES[s.name]
     return cls(
@@ -236,6 +239,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         clock=build_clock(config),
         staleness=staleness,
         max_staleness=s.max_staleness,
+        max_staleness_seconds=s.max_staleness_seconds,
         lr_delay_alpha=config.client.lr_delay_alpha,
         eval_every=config.evaluation.every,
         num_evaluate_clients=config.evaluation.federated_clients,

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedstale.config import ConfigError
 from fedstale.availability import (
     AlwaysOnline,
     OnOff,
@@ -17,6 +16,7 @@ from fedstale.availability import (
     make_availability,
     read_trace,
 )
+from fedstale.config import ConfigError
 from fedstale.strategies.pool import ClientPool
 from fedstale.strategies.selection import RoundRobin
 from tests.helpers import TINY_OVERRIDES, config, run

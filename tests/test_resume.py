@@ -75,6 +75,10 @@ STRATEGIES = {  # name: (overrides, clients.csv row at which the ServerApp dies)
                                   "strategy__selection": "oort", "strategy__oort__epsilon": 0.3,
                                   "availability__model": "on_off", "availability__mean_online": 3.0,
                                   "availability__mean_offline": 1.0}, 40),
+    "fedbuff-timer-seconds": ({"strategy__aggregation_delay": 0.2, "strategy__min_updates": 2,
+                               "strategy__max_staleness_seconds": 3.0,
+                               "strategy__staleness__name": "exponential",
+                               "strategy__staleness__w_per_second": 0.9}, 40),
 }
 
 

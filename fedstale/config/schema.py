@@ -123,6 +123,9 @@ class StalenessConfig:
     a: float = _f(0.5, "exponent (polynomial) or slope (hinge)", ge=0)
     b: float = _f(4.0, "staleness tolerated before the hinge decays (hinge)", ge=0)
     w: float = _f(0.98, "per-version decay w of w^τ (exponential)", gt=0, le=1)
+    w_per_second: float = _f(
+        1.0, "per-second decay w_s of w^τ·w_s^a, a = seconds since the update's base version was made (exponential; 1: none)", gt=0, le=1
+    )
 
 
 @dataclass
@@ -232,6 +235,13 @@ class StrategyConfig:
         choices=("random", "round_robin", "least_participated", "fastest_first", "oort"),
     )
     max_staleness: int | None = _f(None, "drop updates staler than this (none: keep all)", ge=0, optional=True)
+    max_staleness_seconds: float | None = _f(
+        None, "drop updates whose base version was made more than this many seconds before they arrive (none: keep all)", gt=0, optional=True
+    )
+    aggregation_delay: float | None = _f(
+        None, "flush a buffer holding at least min_updates updates once its first has waited this many seconds, full or not (fedbuff, dynamic; async; none: only full buffers)", gt=0, optional=True
+    )
+    min_updates: int = _f(1, "fewest updates a buffer flushed by aggregation_delay holds (<= buffer_size)", ge=1)
     aggregator: str = _f(
         "mean",
         "buffer reducer, optionally after pre-aggregators: e.g. median, clip>nnm>trimmed_mean",

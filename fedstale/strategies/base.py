@@ -64,8 +64,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from ..aggregation.staleness import Polynomial, StalenessFunction
-from ..progress import log_line
 from ..availability import AlwaysOnline, Availability
+from ..progress import log_line
 from ..simulation.clock import Clock, VirtualClock, WallClock
 from .failfast import FailFast
 from .ledger import train_metrics
@@ -99,6 +99,9 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         s(τ); None means FedBuff's 1/√(1 + τ) (``Polynomial(a=0.5)``).
     max_staleness : int | None (default: None)
         Drop updates with τ above this (Papaya's ``max_staleness``).
+    max_staleness_seconds : float | None (default: None)
+        Drop updates whose base version was made more than this many clock
+        seconds before they are delivered (staleness in time).
     lr_delay_alpha : float (default: 0.0)
         α_lr of the client learning rate γ0 / (1 + α_lr · τ_last), γ0 being
         ``train_config["lr"]`` and τ_last the staleness of the client's
@@ -166,6 +169,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         clock: Clock | None = None,
         staleness: StalenessFunction | None = None,
         max_staleness: int | None = None,
+        max_staleness_seconds: float | None = None,
         lr_delay_alpha: float = 0.0,
         eval_every: int = 1,
         num_evaluate_clients: int = 0,
@@ -196,6 +200,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         self.clock: Clock = clock if clock is not None else WallClock()
         self.staleness = staleness if staleness is not None else Polynomial(0.5)
         self.max_staleness, self.lr_delay_alpha = max_staleness, lr_delay_alpha
+        self.max_staleness_seconds = max_staleness_seconds
         self.eval_every, self.num_evaluate_clients = max(1, eval_every), num_evaluate_clients
         self.max_retries, self.retry_backoff = max_retries, retry_backoff
         self.max_participations = max_participations
@@ -268,7 +273,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         metrics = train_metrics(updates)
         if new_model is None:
             return None, metrics
-        arrays = self.global_model.advance(new_model)
+        arrays = self.global_model.advance(new_model, self.clock.now)
         self.snapshots.drop_unused(self.version)
         self.result.train_metrics_clientapp[self.version] = metrics
         return arrays, metrics
@@ -346,7 +351,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         while not self._should_stop(num_rounds, target_accuracy):
             self._dispatch(grid)
             self.courier.pump(grid)
-            if self._wake(max_virtual_time):
+            if self._wake(grid, num_rounds, max_virtual_time):
                 continue
             task = self.clock.next_due(self.inflight)
             if task is None:

@@ -92,6 +92,7 @@ class Dispatcher:  # pylint: disable=too-many-instance-attributes
             num_examples=self.placement.num_examples.get(client_id),
             bytes_down=self.model.codec.nbytes,
             seed=task_seed(self.seed, client_id, index),
+            version_time=self.model.made_at,
             **training_settings(config, self.lr_delay_alpha, last_staleness),
         )
         self._schedule(task)

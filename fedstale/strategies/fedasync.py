@@ -120,7 +120,8 @@ class FedAsync(AsyncStrategy):
             if reason is not None:
                 update.reject(reason)
                 continue
-            alpha_t = self.alpha * self.staleness(update.staleness) * self._trust_weight(update)
+            staleness = self.staleness.weight(update.staleness, update.age)
+            alpha_t = self.alpha * staleness * self._trust_weight(update)
             before = None if self.validation is None else capture(self.server_optimizer)
             proposed = self.server_optimizer.mix(model, update.params, alpha_t)
             if self.validation is not None:

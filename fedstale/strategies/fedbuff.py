@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from logging import INFO
 from typing import Any
 
@@ -43,6 +44,13 @@ class FedBuff(AsyncStrategy):
 
     In ``sync`` mode the buffer is the whole round of ``concurrency`` clients
     (K is ignored), all with τ = 0.
+
+    With ``aggregation_delay`` D (Papaya / FL-GO's timer), a buffer that
+    holds at least ``min_updates`` updates is also flushed once D clock
+    seconds have passed since its first update arrived, even if it is not
+    full: at that instant if it already holds enough, else at the arrival
+    that brings it to ``min_updates``. The loop's clock moves to the timer
+    (:meth:`next_timer`) when no reply can be delivered before it.
 
     With central DP (``central_dp``) each Δ_i is clipped to norm C before the
     reducer and N(0, (z·C/K)²) is added to d, with K the updates in the
@@ -86,11 +94,17 @@ class FedBuff(AsyncStrategy):
         normalization: str = "count",
         weight_by_examples: bool = False,
         reducer: Reducer | None = None,
+        aggregation_delay: float | None = None,
+        min_updates: int = 1,
         server_optimizer: ServerOptimizer | None = None,
         **kwargs: Any,
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        if not 1 <= min_updates <= buffer_size:
+            raise ValueError(f"min_updates must be in [1, buffer_size], got {min_updates}")
+        if aggregation_delay is not None and aggregation_delay <= 0:
+            raise ValueError(f"aggregation_delay must be > 0, got {aggregation_delay}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {', '.join(NORMALIZATIONS)}, "
@@ -110,8 +124,10 @@ class FedBuff(AsyncStrategy):
             if server_optimizer is not None
             else SGD(lr=server_lr, momentum=server_momentum)
         )
+        self.aggregation_delay, self.min_updates = aggregation_delay, min_updates
         self._buffer: list[ClientUpdate] = []
         self._held: list[ClientUpdate] = []
+        self._buffer_since: float | None = None
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -129,6 +145,7 @@ class FedBuff(AsyncStrategy):
         super()._reset_run_state()
         self._buffer = []
         self._held = []
+        self._buffer_since = None
         if hasattr(self, "reducer"):
             self.reducer.reset()
         if hasattr(self, "server_optimizer"):
@@ -158,8 +175,8 @@ class FedBuff(AsyncStrategy):
         restore(self.reducer, state["reducer"])
 
     def staleness_weight(self, update: ClientUpdate) -> float:
-        """s(τ) of one update, computed when it is received."""
-        return self.staleness(update.staleness)
+        """s(τ) of one update (with its age in seconds), computed when it is received."""
+        return self.staleness.weight(update.staleness, update.age)
 
     def weights(self, updates: list[ClientUpdate]) -> torch.Tensor:
         """w_i: each update's staleness weight, × n_i / mean(n) if asked."""
@@ -178,10 +195,33 @@ class FedBuff(AsyncStrategy):
             update.weight = self.staleness_weight(update) * self._trust_weight(update)
         self._buffer.extend(active)
         self._held.extend(held)
+        if self._buffer and self._buffer_since is None:
+            self._buffer_since = self.clock.now
         if self.mode == "async" and len(self._buffer) < self.buffer_size:
-            return None
+            if not self._buffer or self.next_timer() > self.clock.now:
+                return None
+        return self._flush(model)
+
+    def next_timer(self) -> float:
+        """When a buffer of at least ``min_updates`` has waited ``aggregation_delay`` (inf: never)."""
+        if (
+            self.aggregation_delay is None
+            or self.mode != "async"
+            or self._buffer_since is None
+            or len(self._buffer) < self.min_updates
+        ):
+            return math.inf
+        return self._buffer_since + self.aggregation_delay
+
+    def on_timer(self, model: torch.Tensor) -> torch.Tensor | None:
+        """The buffer has waited ``aggregation_delay``: flush it, full or not."""
+        return self._flush(model)
+
+    def _flush(self, model: torch.Tensor) -> torch.Tensor | None:
+        """One server step from the buffer (None if it is empty); the buffer starts over."""
         buffer, self._buffer = self._buffer, []
         held, self._held = self._held, []
+        self._buffer_since = None
         if not buffer:
             return None
         return self.server_step(model, buffer, held)

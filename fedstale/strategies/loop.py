@@ -52,11 +52,15 @@ from .ledger import Ledger
 from .placement import Placement, discover
 from .pool import ClientPool
 from .run_state import capture_run_state, restore_run_state
-from .task import ClientUpdate, Task
+from .task import ClientUpdate, Task, too_stale
 from .transport import Transport
 from .updates import updates_of
 from .versions import GlobalModel, SnapshotStore
 from .wakeups import next_wakeup
+
+STALE_STREAK = 10
+"""With ``max_staleness_seconds``, the run stops after this many × C updates in a row were
+dropped as too stale: no version is made, so every later update would be too."""
 
 
 class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-attributes
@@ -112,9 +116,13 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.fail_fast.on_success()
         staleness = self.version - task.dispatch_version
         self.pool.on_reply(task, staleness)
-        if self.max_staleness is not None and staleness > self.max_staleness:
-            self.ledger.dropped += 1
-            self._drop(task, f"staleness > {self.max_staleness}")
+        age = self.clock.now - task.version_time
+        reason = too_stale(staleness, age, self.max_staleness, self.max_staleness_seconds)
+        if reason is not None:
+            streak = self.ledger.count_too_stale()
+            self._drop(task, reason)
+            if self.max_staleness_seconds is not None and streak >= STALE_STREAK * self.concurrency:
+                self._stop_reason = f"{streak} updates in a row {reason}"
             return False
         if self.mode == "sync":
             self.inflight.barrier.append(task)
@@ -246,14 +254,13 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         ) or self.pool.stop_reason(idle=not self.inflight)
         return bool(self._stop_reason)
 
-    def _wake(self, max_virtual_time: float | None) -> bool:
-        """Move the clock to the next event that is not a delivery, if it comes first.
+    def _wake(self, grid: Grid, num_rounds: int, max_virtual_time: float | None) -> bool:
+        """Move the clock to the next event that is not a delivery if it comes first; say if it did.
 
-        The event (:func:`~fedstale.strategies.wakeups.next_wakeup`) is a
-        client coming online while a slot is free. Returns whether the clock
-        moved (or the virtual-time budget ran out first).
+        The event (:func:`~fedstale.strategies.wakeups.next_wakeup`): a client coming online
+        while a slot is free, or the strategy's timer (:meth:`next_timer`; a new version?).
         """
-        at = next_wakeup(self)
+        at, timer = next_wakeup(self)
         if math.isinf(at) or not self.clock.reached(at, self.inflight):
             return False
         if max_virtual_time is not None and at > max_virtual_time:
@@ -261,6 +268,11 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             self._stop_reason = f"virtual-time budget {max_virtual_time:g}s"
             return True
         self.clock.move_to(at)
+        new_model = self.on_timer(self.model) if timer else None
+        if new_model is not None:
+            self.global_model.advance(new_model, self.clock.now)
+            self.snapshots.drop_unused(self.version)
+            self._after_new_version(grid, num_rounds)
         return True
 
     def _dispatch(self, grid: Grid) -> None:
@@ -274,7 +286,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         """The intact replies' tasks as updates (:func:`~fedstale.strategies.updates.updates_of`)."""
         return updates_of(
             replies, inflight=self.inflight, courier=self.courier, snapshots=self.snapshots,
-            version=self.version, adversary=self.adversary,
+            version=self.version, now=self.clock.now, adversary=self.adversary,
         )
 
     def _on_failure(self, task: Task) -> None:

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..progress import log_line
 from ..availability import AlwaysOnline, Availability
+from ..progress import log_line
 from .selection.random_choice import RandomSelection  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:

@@ -2,7 +2,8 @@
 
 :func:`updates_of` is the first step of ``aggregate_train``: it matches each
 reply to its task, takes the reply in if the courier has not yet, and turns
-every intact one into an update with its staleness and base model (and the
+every intact one into an update with its staleness (in versions and in
+seconds) and base model (and the
 adversary's interception applied), releasing the base model's reference.
 """
 
@@ -30,9 +31,10 @@ def updates_of(  # pylint: disable=too-many-arguments
     courier: Courier,
     snapshots: SnapshotStore,
     version: int,
+    now: float,
     adversary: Adversary | None,
 ) -> list[ClientUpdate]:
-    """The intact replies' tasks as updates at model ``version``."""
+    """The intact replies' tasks as updates at model ``version`` and clock time ``now``."""
     updates = []
     for reply in replies:
         task = inflight.claim(reply.metadata.reply_to_message_id)
@@ -49,6 +51,7 @@ def updates_of(  # pylint: disable=too-many-arguments
                 base=snapshots.base(task.dispatch_version),
                 staleness=version - task.dispatch_version,
                 num_examples=int(task.metrics["num-examples"]),
+                age=now - task.version_time,
             )
             if adversary is not None:
                 adversary.intercept(update)
