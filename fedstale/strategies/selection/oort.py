@@ -56,7 +56,6 @@ class Oort(Policy):
     """
 
     name = "oort"
-    run_state_attributes = ()
 
     def __init__(
         self,
