@@ -12,11 +12,13 @@ from flwr.serverapp.strategy import Result
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from .aggregation.filters import NormBound, ValidationCheck
+from .aggregation.optimizers import ServerOptimizer, make_server_optimizer
 from .aggregation.privacy import CentralGaussianMechanism
 from .aggregation.reducers import Reducer
 from .aggregation.staleness import make_staleness_function
 from .aggregation.trust import TrustTracker
 from .aggregation.vectors import ModelCodec
+from .availability import Availability, make_availability
 from .client.torch_client import set_torch_threads
 from .client.training import evaluate, pick_device
 from .config import Config, ConfigError
@@ -25,7 +27,7 @@ from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
 from .simulation.clock import Clock, VirtualClock, WallClock
 from .simulation.delays import DelayModel, make_distribution
-from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff
+from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff, make_selection
 
 
 def partition_spec(config: Config) -> PartitionSpec:
@@ -79,6 +81,15 @@ def build_clock(config: Config) -> Clock:
         seed=config.run.seed,
     )
     return VirtualClock(delays)
+
+
+def build_availability(config: Config) -> Availability:
+    """The ``availability`` model (``always`` unless set)."""
+    a = config.availability
+    return make_availability(
+        a.model, seed=config.run.seed, mean_online=a.mean_online,
+        mean_offline=a.mean_offline, trace=a.trace,
+    )
 
 
 def build_reducer(config: Config) -> Reducer:
@@ -159,12 +170,26 @@ def make_validation_loss(config: Config) -> Callable[[torch.Tensor], float]:
     return loss_fn
 
 
+def build_server_optimizer(config: Config) -> ServerOptimizer:
+    """``strategy.server_optimizer`` with η = ``server_lr`` and its parameters."""
+    s = config.strategy
+    return make_server_optimizer(
+        s.server_optimizer,
+        lr=s.server_lr,
+        momentum=s.server_momentum,
+        beta_1=s.adaptive.beta_1,
+        beta_2=s.adaptive.beta_2,
+        tau=s.adaptive.tau,
+    )
+
+
 def strategy_kwargs(config: Config) -> dict[str, Any]:
     """Constructor arguments specific to the configured strategy."""
     strategy = config.strategy
+    optimizer = {"server_optimizer": build_server_optimizer(config)}
     if strategy.name == "fedasync":
         f = strategy.filter
-        return {
+        return optimizer | {
             "alpha": strategy.alpha,
             "norm_bound": None if f.norm_bound is None else NormBound(f.norm_bound, f.norm_window),
             "validation": (
@@ -175,11 +200,11 @@ def strategy_kwargs(config: Config) -> dict[str, Any]:
             "trust_window": strategy.trust.window,
         }
     if strategy.name == "fedavg":
-        return {"reducer": build_reducer(config)}
-    kwargs: dict[str, Any] = {
+        return optimizer | {"reducer": build_reducer(config)}
+    kwargs: dict[str, Any] = optimizer | {
         "buffer_size": strategy.buffer_size,
-        "server_lr": strategy.server_lr,
-        "server_momentum": strategy.server_momentum,
+        "aggregation_delay": strategy.aggregation_delay,
+        "min_updates": strategy.min_updates,
         "normalization": strategy.normalization,
         "weight_by_examples": strategy.weight_by_examples,
         "reducer": build_reducer(config),
@@ -203,7 +228,8 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
     """The configured strategy, with its clock and staleness function."""
     s = config.strategy
     staleness = make_staleness_function(
-        s.staleness.name, a=s.staleness.a, b=s.staleness.b, w=s.staleness.w
+        s.staleness.name, a=s.staleness.a, b=s.staleness.b, w=s.staleness.w,
+        w_per_second=s.staleness.w_per_second,
     )
     cls = SecAggFedBuff if config.privacy.secagg.enabled else STRATEGIES[s.name]
     return cls(
@@ -213,6 +239,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         clock=build_clock(config),
         staleness=staleness,
         max_staleness=s.max_staleness,
+        max_staleness_seconds=s.max_staleness_seconds,
         lr_delay_alpha=config.client.lr_delay_alpha,
         eval_every=config.evaluation.every,
         num_evaluate_clients=config.evaluation.federated_clients,
@@ -231,6 +258,14 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
             config.privacy.local.max_participations if config.privacy.local.enabled else 0
         ),
         fail_fast=config.comm.fail_fast,
+        selection=make_selection(
+            s.selection,
+            config.run.seed,
+            epsilon=s.oort.epsilon,
+            alpha=s.oort.alpha,
+            preferred_duration=s.oort.preferred_duration,
+        ),
+        availability=build_availability(config),
         **strategy_kwargs(config),
     )
 

@@ -468,7 +468,7 @@ def test_cli_prints_resolved_yaml() -> None:
     printed = yaml.safe_load(proc.stdout)
     assert list(printed) == [
         "run", "data", "model", "client", "strategy", "delay", "stop", "evaluation", "output",
-        "comm", "attack", "privacy", "compression",
+        "comm", "attack", "privacy", "compression", "availability",
     ]
     assert printed["strategy"]["name"] == "fedbuff"
     assert printed["strategy"]["concurrency"] == 4

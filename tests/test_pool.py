@@ -142,6 +142,9 @@ def test_books_round_trip_and_are_copies():
         "consecutive_failures": {1: 1, 3: 0},
         "last_staleness": {3: 2},
         "task_index": {1: 1},
+        "last_duration": {},  # on_reply fills these three (tests/test_selection.py)
+        "last_loss": {},
+        "last_examples": {},
     }
     books["retry_first"].append(9)
     assert pool.retry_first == [1]

@@ -71,6 +71,14 @@ STRATEGIES = {  # name: (overrides, clients.csv row at which the ServerApp dies)
     "fedbuff-robust-momentum": ({"strategy__aggregator": "bucketing>centered_clipping",
                                  "strategy__server_momentum": 0.5}, 40),
     "fedavg-sync": ({"strategy__name": "fedavg", "strategy__mode": "sync"}, 75),
+    "fedbuff-adam-oort-on_off": ({"strategy__server_optimizer": "adam", "strategy__server_lr": 0.01,
+                                  "strategy__selection": "oort", "strategy__oort__epsilon": 0.3,
+                                  "availability__model": "on_off", "availability__mean_online": 3.0,
+                                  "availability__mean_offline": 1.0}, 40),
+    "fedbuff-timer-seconds": ({"strategy__aggregation_delay": 0.2, "strategy__min_updates": 2,
+                               "strategy__max_staleness_seconds": 3.0,
+                               "strategy__staleness__name": "exponential",
+                               "strategy__staleness__w_per_second": 0.9}, 40),
 }
 
 

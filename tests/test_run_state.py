@@ -18,10 +18,15 @@ LAYOUT = {
 }
 COUNTERS = [
     "_updates", "_accepted", "_dropped", "_rejected", "_failures", "_bytes_up", "_bytes_down",
-    "_dense_bytes_up", "_max_client_epsilon", "_since_eval", "_last_eval_version", "_last_eval_updates",
-    "_last_accuracy",
+    "_dense_bytes_up", "_max_client_epsilon", "_since_eval",
+    "_too_stale_in_a_row",  # added with max_staleness_seconds (absent from older points: 0)
+    "_last_eval_version", "_last_eval_updates", "_last_accuracy",
 ]
-CLIENT_BOOKS = ["_excluded", "_retry_first", "_consecutive_failures", "_last_staleness", "_task_index"]
+CLIENT_BOOKS = [
+    "_excluded", "_retry_first", "_consecutive_failures", "_last_staleness", "_task_index",
+    # added with the selection policies; a resume point without them loads (they start empty)
+    "_last_duration", "_last_loss", "_last_examples",
+]
 
 
 class _Keep(MemoryRecorder):

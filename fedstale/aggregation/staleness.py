@@ -10,7 +10,12 @@ Names follow the literature and are the values of ``strategy.staleness.name``:
 - ``polynomial``: s(τ) = (τ + 1)^(−a) (FedAsync; a = 0.5 gives FedBuff's
   1/√(1 + τ), Nguyen et al. 2022)
 - ``hinge``: s(τ) = 1 if τ ≤ b else 1 / (a(τ − b) + 1) (FedAsync)
-- ``exponential``: s(τ) = w^τ (Papaya's ``staleness_weight``, Huba et al. 2022)
+- ``exponential``: s(τ) = w^τ (Papaya's ``staleness_weight``, Huba et al. 2022),
+  optionally also decaying per second of the update's age: w^τ · w_s^a
+
+:meth:`StalenessFunction.weight` is what the strategies call: s(τ), and for
+the exponential function with ``w_per_second`` < 1 the time decay as well
+(a = seconds since the update's base version was made).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ class StalenessFunction(ABC):
     @abstractmethod
     def __call__(self, staleness: float) -> float:
         """Return the weight of an update with staleness ``staleness`` ≥ 0."""
+
+    def weight(self, staleness: float, age: float = 0.0) -> float:
+        """The weight of an update ``staleness`` versions and ``age`` seconds old: s(τ) by default."""
+        del age
+        return self(staleness)
 
     def describe(self) -> str:
         """Return the formula with its parameters, for logs."""
@@ -100,24 +110,37 @@ class Hinge(StalenessFunction):
 
 @dataclass(frozen=True)
 class Exponential(StalenessFunction):
-    """s(τ) = w^τ (Papaya's ``staleness_weight``).
+    """s(τ) = w^τ (Papaya's ``staleness_weight``), times w_s^a per second of age.
 
     Parameters
     ----------
     w : float
         Per-version decay, 0 < w ≤ 1 (Papaya uses 0.95 to 0.99).
+    w_per_second : float (default: 1.0)
+        Per-second decay w_s, 0 < w_s ≤ 1: an update whose base version was
+        made a seconds before it is merged weighs w^τ · w_s^a (1: versions
+        only).
     """
 
     w: float = 0.98
+    w_per_second: float = 1.0
     name = "exponential"
 
     def __call__(self, staleness: float) -> float:
         """Return w^τ."""
         return float(math.pow(self.w, staleness))
 
+    def weight(self, staleness: float, age: float = 0.0) -> float:
+        """w^τ · w_s^a (w^τ when w_s = 1)."""
+        if self.w_per_second == 1.0:
+            return self(staleness)
+        return self(staleness) * float(math.pow(self.w_per_second, age))
+
     def describe(self) -> str:
         """Return the formula."""
-        return f"s(τ) = {self.w:g}^τ"
+        if self.w_per_second == 1.0:
+            return f"s(τ) = {self.w:g}^τ"
+        return f"s(τ, a) = {self.w:g}^τ · {self.w_per_second:g}^a (a in seconds)"
 
 
 STALENESS_FUNCTIONS: dict[str, type[StalenessFunction]] = {
@@ -129,7 +152,7 @@ STALENESS_PARAMETERS: dict[str, tuple[str, ...]] = {
     "constant": (),
     "polynomial": ("a",),
     "hinge": ("a", "b"),
-    "exponential": ("w",),
+    "exponential": ("w", "w_per_second"),
 }
 """The parameters each staleness function reads from ``strategy.staleness``."""
 

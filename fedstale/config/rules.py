@@ -49,6 +49,73 @@ def cross_checks(config: Config, explicit: set[str]) -> list[str]:
     problems += _privacy_checks(config)
     problems += _resume_checks(config)
     problems += _tracker_checks(config)
+    problems += _availability_checks(config, explicit)
+    problems += _timing_checks(config, explicit)
+    return problems
+
+
+def _timing_checks(config: Config, explicit: set[str]) -> list[str]:
+    """aggregation_delay, min_updates and the per-second decay fit the strategy."""
+    strategy, problems = config.strategy, []
+    secagg = config.privacy.secagg.enabled
+    if strategy.aggregation_delay is not None:
+        if strategy.name not in ("fedbuff", "dynamic") or strategy.resolved_mode() != "async":
+            problems.append(
+                "strategy.aggregation_delay: flushes a FedBuff buffer early; use strategy.name: "
+                f"fedbuff or dynamic in async mode (got {strategy.name}, "
+                f"{strategy.resolved_mode()})"
+            )
+        if secagg:
+            problems.append(
+                "strategy.aggregation_delay: masks cancel only over a whole secure group; "
+                "unset it (none) with privacy.secagg"
+            )
+    elif "strategy.min_updates" in explicit and strategy.min_updates != 1:
+        problems.append("strategy.min_updates: only used with strategy.aggregation_delay; set both")
+    if strategy.min_updates > strategy.buffer_size:
+        problems.append(
+            f"strategy.min_updates: must be <= strategy.buffer_size ({strategy.buffer_size}), "
+            f"got {strategy.min_updates}"
+        )
+    if strategy.staleness.w_per_second != 1.0:
+        if strategy.staleness.name != "exponential":
+            problems.append(
+                "strategy.staleness.w_per_second: a decay of the exponential function; set "
+                f"strategy.staleness.name: exponential (got {strategy.staleness.name})"
+            )
+        if strategy.name == "dynamic" or secagg:
+            problems.append(
+                "strategy.staleness.w_per_second: dynamic staleness and secure aggregation "
+                "weigh by versions only; leave it at 1"
+            )
+    return problems
+
+
+def _availability_checks(config: Config, explicit: set[str]) -> list[str]:
+    """A simulated availability model needs the virtual clock; a trace must be readable."""
+    # pylint: disable=import-outside-toplevel
+    from ..availability.trace import TraceError, read_trace
+
+    availability, problems = config.availability, []
+    if availability.model != "always" and config.delay.clock != "virtual":
+        problems.append(
+            f"availability.model: '{availability.model}' is simulated on the virtual clock; "
+            "use delay.clock: virtual, or availability.model: always (in deployment a "
+            "SuperNode that is down shows up as failed tasks)"
+        )
+    if availability.model == "trace":
+        if not availability.trace:
+            problems.append("availability.trace: model 'trace' needs a CSV file of client_id,start,end")
+        else:
+            try:
+                read_trace(availability.trace)
+            except TraceError as err:
+                problems.append(f"availability.trace: {err}")
+    elif "availability.trace" in explicit and availability.trace:
+        problems.append(
+            f"availability.trace: only read with availability.model: trace (got model "
+            f"'{availability.model}')"
+        )
     return problems
 
 

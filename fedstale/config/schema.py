@@ -123,6 +123,9 @@ class StalenessConfig:
     a: float = _f(0.5, "exponent (polynomial) or slope (hinge)", ge=0)
     b: float = _f(4.0, "staleness tolerated before the hinge decays (hinge)", ge=0)
     w: float = _f(0.98, "per-version decay w of w^τ (exponential)", gt=0, le=1)
+    w_per_second: float = _f(
+        1.0, "per-second decay w_s of w^τ·w_s^a, a = seconds since the update's base version was made (exponential; 1: none)", gt=0, le=1
+    )
 
 
 @dataclass
@@ -132,6 +135,26 @@ class DynamicConfig:
     ema: float = _f(0.9, "β of the running mean staleness τ̄", ge=0, lt=1)
     b_min: float = _f(1.0, "floor of b = max(b_min, τ̄)", gt=0)
     similarity_exponent: float = _f(1.0, "γ of the agreement factor ((1+cos)/2)^γ (0: off)", ge=0)
+
+
+@dataclass
+class AdaptiveConfig:
+    """``strategy.adaptive``: the adaptive server optimizers (adam, yogi, adagrad)."""
+
+    beta_1: float = _f(0.9, "β1, decay of the first moment m (Flower's beta_1)", ge=0, lt=1)
+    beta_2: float = _f(0.99, "β2, decay of the second moment v (adam, yogi; Flower's beta_2)", ge=0, lt=1)
+    tau: float = _f(1e-3, "τ of x ← x + η·m/(√v + τ), the adaptivity (Flower's tau; not the staleness)", gt=0)
+
+
+@dataclass
+class OortConfig:
+    """``strategy.oort``: Oort's utility-guided client selection (strategy.selection: oort)."""
+
+    epsilon: float = _f(0.1, "ε, share of picks that explore clients never heard from", ge=0, le=1)
+    alpha: float = _f(2.0, "α of the speed penalty (T/t)^α of clients slower than T", ge=0)
+    preferred_duration: float | None = _f(
+        None, "T, preferred task duration in virtual seconds (none: the median last duration of explored clients)", gt=0, optional=True
+    )
 
 
 @dataclass
@@ -190,8 +213,15 @@ class StrategyConfig:
     )
     concurrency: int = _f(10, "C, clients training at once (async) or per round (sync)", ge=1)
     buffer_size: int = _f(5, "K, updates per server step (fedbuff, dynamic)", ge=1)
-    server_lr: float = _f(1.0, "η_g, server learning rate (fedbuff, dynamic)", gt=0)
-    server_momentum: float = _f(0.0, "β, server momentum (fedbuff, dynamic)", ge=0, lt=1)
+    server_lr: float = _f(
+        1.0, "η, server learning rate of strategy.server_optimizer (FedAsync: × α_t; Flower's eta)", gt=0
+    )
+    server_momentum: float = _f(0.0, "β, server momentum (server_optimizer sgd)", ge=0, lt=1)
+    server_optimizer: str = _f(
+        "sgd",
+        "step on the aggregated pseudo-gradient: sgd (with server_momentum), adam, yogi or adagrad (with strategy.adaptive)",
+        choices=("sgd", "adam", "yogi", "adagrad"),
+    )
     normalization: str = _f(
         "count",
         "divide the weighted sum by K (count) or by Σ s(τ) (weight_sum)",
@@ -199,12 +229,26 @@ class StrategyConfig:
     )
     weight_by_examples: bool = _f(False, "multiply weights by n_i / mean(n) (fedbuff, dynamic)")
     alpha: float = _f(0.6, "mixing α of FedAsync", gt=0, le=1)
+    selection: str = _f(
+        "random",
+        "who trains next among the idle clients: random (seeded uniform), round_robin, least_participated, fastest_first (shortest last virtual duration) or oort (strategy.oort)",
+        choices=("random", "round_robin", "least_participated", "fastest_first", "oort"),
+    )
     max_staleness: int | None = _f(None, "drop updates staler than this (none: keep all)", ge=0, optional=True)
+    max_staleness_seconds: float | None = _f(
+        None, "drop updates whose base version was made more than this many seconds before they arrive (none: keep all)", gt=0, optional=True
+    )
+    aggregation_delay: float | None = _f(
+        None, "flush a buffer holding at least min_updates updates once its first has waited this many seconds, full or not (fedbuff, dynamic; async; none: only full buffers)", gt=0, optional=True
+    )
+    min_updates: int = _f(1, "fewest updates a buffer flushed by aggregation_delay holds (<= buffer_size)", ge=1)
     aggregator: str = _f(
         "mean",
         "buffer reducer, optionally after pre-aggregators: e.g. median, clip>nnm>trimmed_mean",
     )
     staleness: StalenessConfig = _section(StalenessConfig)
+    adaptive: AdaptiveConfig = _section(AdaptiveConfig)
+    oort: OortConfig = _section(OortConfig)
     dynamic: DynamicConfig = _section(DynamicConfig)
     robust: RobustConfig = _section(RobustConfig)
     trust: TrustConfig = _section(TrustConfig)
@@ -249,6 +293,20 @@ class DelayConfig:
     jitter: float = _f(0.1, "σ of the mean-1 lognormal factor drawn per task (0: none)", ge=0)
     latency: float = _f(0.05, "seconds per message, each way", ge=0)
     bandwidth: float = _f(1.0e7, "bytes per second, each way (inf: free)", gt=0)
+
+
+@dataclass
+class AvailabilityConfig:
+    """``availability``: which clients are online when (simulated, on the virtual clock)."""
+
+    model: str = _f(
+        "always",
+        "always (every client online), on_off (alternating exponential online/offline periods per client) or trace (online intervals from a CSV)",
+        choices=("always", "on_off", "trace"),
+    )
+    mean_online: float = _f(60.0, "mean online period in virtual seconds (on_off)", gt=0)
+    mean_offline: float = _f(20.0, "mean offline period in virtual seconds (on_off)", gt=0)
+    trace: str = _f("", "CSV file with header client_id,start,end: online intervals in virtual seconds (trace)")
 
 
 @dataclass
@@ -415,6 +473,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     attack: AttackConfig = _section(AttackConfig)
     privacy: PrivacyConfig = _section(PrivacyConfig)
     compression: CompressionConfig = _section(CompressionConfig)
+    availability: AvailabilityConfig = _section(AvailabilityConfig)
 
 
 SPEED_PARAMETERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -75,6 +75,15 @@ class Clock(ABC):
         assert task.finish_time is not None
         self.now = max(self.now, task.finish_time)
 
+    @abstractmethod
+    def reached(self, at: float, tasks: Iterable[Task]) -> bool:
+        """Whether an event at time ``at`` (a client coming online, a timer) is due
+        before any reply of ``tasks`` can be delivered."""
+
+    def move_to(self, at: float) -> None:
+        """Move the clock to an event at time ``at`` that :meth:`reached`."""
+        self.now = max(self.now, at)
+
 
 class VirtualClock(Clock):
     """Discrete-event virtual time driven by a delay model.
@@ -132,6 +141,16 @@ class VirtualClock(Clock):
             task.earliest_finish,
         )
 
+    def reached(self, at: float, tasks: Iterable[Task]) -> bool:
+        """``at`` ≤ every delivery still possible: arrived tasks' finish, the others' lower bound.
+
+        An event and a delivery at the same instant: the event goes first.
+        """
+        bound = min(
+            (t.finish_time if t.arrived else t.earliest_finish for t in tasks), default=math.inf
+        )
+        return at <= bound  # type: ignore[operator]
+
     def next_due(self, tasks: Iterable[Task]) -> Task | None:
         """The arrived task with the earliest finish, if nothing can precede it."""
         candidate: Task | None = None
@@ -172,6 +191,14 @@ class WallClock(Clock):
     def fail(self, task: Task) -> None:
         """The failure happened when it was noticed."""
         task.finish_time = self.wall_elapsed()
+
+    def reached(self, at: float, tasks: Iterable[Task]) -> bool:
+        """Whether ``at`` wall seconds have elapsed since the start."""
+        return at <= self.wall_elapsed()
+
+    def move_to(self, at: float) -> None:
+        """The event happens now (its wall time, which is ``at`` or later)."""
+        self.now = max(self.now, self.wall_elapsed())
 
     def next_due(self, tasks: Iterable[Task]) -> Task | None:
         """The earliest arrival among arrived tasks."""

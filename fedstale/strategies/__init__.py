@@ -6,9 +6,18 @@ from .failfast import RunAborted
 from .fedasync import FedAsync
 from .fedavg import FedAvg
 from .fedbuff import FedBuff
-from .pool import RandomSelection, SelectionPolicy
+from .pool import SelectionPolicy
 from .recorder import MemoryRecorder, NullRecorder, Recorder
 from .secagg_fedbuff import SecAggFedBuff
+from .selection import (
+    SELECTION_POLICIES,
+    FastestFirst,
+    LeastParticipated,
+    Oort,
+    RandomSelection,
+    RoundRobin,
+    make_selection,
+)
 from .task import ClientUpdate, Task
 
 STRATEGIES: dict[str, type[AsyncStrategy]] = {
@@ -21,19 +30,25 @@ STRATEGIES: dict[str, type[AsyncStrategy]] = {
 ``fedbuff`` with ``privacy.secagg.enabled`` runs :class:`SecAggFedBuff`."""
 
 __all__ = [
+    "SELECTION_POLICIES",
     "STRATEGIES",
     "AsyncStrategy",
     "ClientUpdate",
     "DynamicStaleness",
+    "FastestFirst",
     "FedAsync",
     "FedAvg",
     "FedBuff",
+    "LeastParticipated",
     "MemoryRecorder",
     "NullRecorder",
+    "Oort",
     "RandomSelection",
     "Recorder",
+    "RoundRobin",
     "RunAborted",
     "SecAggFedBuff",
     "SelectionPolicy",
     "Task",
+    "make_selection",
 ]

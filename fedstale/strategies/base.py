@@ -64,13 +64,15 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from ..aggregation.staleness import Polynomial, StalenessFunction
+from ..availability import AlwaysOnline, Availability
 from ..progress import log_line
-from ..simulation.clock import Clock, WallClock
+from ..simulation.clock import Clock, VirtualClock, WallClock
 from .failfast import FailFast
 from .ledger import train_metrics
 from .loop import EventLoop
-from .pool import RandomSelection, SelectionPolicy
+from .pool import SelectionPolicy
 from .recorder import NullRecorder, Recorder
+from .selection import RandomSelection
 from .trust_helpers import trust_cell
 
 if TYPE_CHECKING:
@@ -97,6 +99,9 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         s(τ); None means FedBuff's 1/√(1 + τ) (``Polynomial(a=0.5)``).
     max_staleness : int | None (default: None)
         Drop updates with τ above this (Papaya's ``max_staleness``).
+    max_staleness_seconds : float | None (default: None)
+        Drop updates whose base version was made more than this many clock
+        seconds before they are delivered (staleness in time).
     lr_delay_alpha : float (default: 0.0)
         α_lr of the client learning rate γ0 / (1 + α_lr · τ_last), γ0 being
         ``train_config["lr"]`` and τ_last the staleness of the client's
@@ -142,8 +147,12 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         first replies, from this many clients, all fail the same way before
         any succeeds (:mod:`fedstale.strategies.failfast`). 0: never.
     selection : SelectionPolicy | None (default: None)
-        Chooses idle clients (:mod:`fedstale.strategies.pool`); None is a
-        uniform choice seeded by ``seed``.
+        Chooses idle clients (:mod:`fedstale.strategies.selection`); None is
+        a uniform choice seeded by ``seed``.
+    availability : Availability | None (default: None)
+        Who is online when (:mod:`fedstale.availability`; needs
+        the virtual clock): only online clients are dispatched, and a task
+        whose client goes offline first is lost. None: always online.
     """
 
     supported_modes: tuple[str, ...] = ("async", "sync")
@@ -160,6 +169,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         clock: Clock | None = None,
         staleness: StalenessFunction | None = None,
         max_staleness: int | None = None,
+        max_staleness_seconds: float | None = None,
         lr_delay_alpha: float = 0.0,
         eval_every: int = 1,
         num_evaluate_clients: int = 0,
@@ -177,6 +187,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         max_participations: int = 0,
         fail_fast: int = 3,
         selection: SelectionPolicy | None = None,
+        availability: Availability | None = None,
     ) -> None:
         if mode not in self.supported_modes:
             raise ValueError(
@@ -189,6 +200,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         self.clock: Clock = clock if clock is not None else WallClock()
         self.staleness = staleness if staleness is not None else Polynomial(0.5)
         self.max_staleness, self.lr_delay_alpha = max_staleness, lr_delay_alpha
+        self.max_staleness_seconds = max_staleness_seconds
         self.eval_every, self.num_evaluate_clients = max(1, eval_every), num_evaluate_clients
         self.max_retries, self.retry_backoff = max_retries, retry_backoff
         self.max_participations = max_participations
@@ -198,6 +210,9 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         self.trust, self.adversary, self.central_dp = trust, adversary, central_dp
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
         self.selection = selection if selection is not None else RandomSelection(seed)
+        self.availability = availability if availability is not None else AlwaysOnline()
+        if not isinstance(self.availability, AlwaysOnline) and not isinstance(self.clock, VirtualClock):
+            raise ValueError("availability models are simulated: they need the virtual clock")
         self.fail_fast = FailFast(fail_fast)
         self._reset_run_state()
 
@@ -210,6 +225,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         log(INFO, "\t├──> max_staleness: %s", limit)
         if self.central_dp is not None:
             log(INFO, "\t├──> Privacy: %s", self.central_dp.describe())
+        log(INFO, "\t├──> Availability: %s", self.availability.describe())
         log(INFO, "\t└──> Clock: %s", self.clock.name)
 
     def configure_train(
@@ -221,7 +237,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         ``arrays`` and ``config`` plus the task's ``client-id``,
         ``num-clients``, ``task-id``, ``seed`` and delay-aware ``lr``.
         """
-        clients = self.pool.select(self.inflight.free_slots(self.mode, self.concurrency))
+        clients = self.pool.select(self.inflight.free_slots(self.mode, self.concurrency), self.clock.now)
         dispatcher = self.dispatcher
         return [
             dispatcher.train_message(dispatcher.new_task(c, server_round, config), arrays, config)
@@ -257,7 +273,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         metrics = train_metrics(updates)
         if new_model is None:
             return None, metrics
-        arrays = self.global_model.advance(new_model)
+        arrays = self.global_model.advance(new_model, self.clock.now)
         self.snapshots.drop_unused(self.version)
         self.result.train_metrics_clientapp[self.version] = metrics
         return arrays, metrics
@@ -335,6 +351,8 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         while not self._should_stop(num_rounds, target_accuracy):
             self._dispatch(grid)
             self.courier.pump(grid)
+            if self._wake(grid, num_rounds, max_virtual_time):
+                continue
             task = self.clock.next_due(self.inflight)
             if task is None:
                 if not self.inflight and not self.pool.backing_off():

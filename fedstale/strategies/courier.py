@@ -4,7 +4,8 @@
 long, push what the limits allow, pull what came back) and turns each event
 into the task's outcome: an intact reply gets its finish time from the
 clock; an error reply, a malformed update, a timeout or a failed push marks
-the task failed (it ends when its planned work would have). Federated
+the task failed (it ends when its planned work would have). A task whose
+client goes offline before that time is lost instead, and ends then. Federated
 evaluation jobs travel the same way and are just marked done.
 """
 
@@ -20,7 +21,7 @@ from flwr.serverapp import Grid
 
 from .evaluator import EvalJob
 from .replies import read_reply
-from .task import Task
+from .task import Task, cut_at_offline
 
 if TYPE_CHECKING:
     from ..simulation.clock import Clock
@@ -77,6 +78,7 @@ class Courier:
         job.failure = reason
         job.arrived_wall = time.monotonic()
         self.clock.fail(job)
+        cut_at_offline(job)
 
     def receive(self, task: Task, reply: Message) -> None:
         """Record an arrived reply: validate it and give it its finish time."""
@@ -92,3 +94,4 @@ class Courier:
             epochs=float(task.metrics.get("epochs-run", task.epochs)),
             bytes_up=task.bytes_up,
         )
+        cut_at_offline(task)

@@ -2,7 +2,8 @@
 
 :class:`Dispatcher` makes a client's next :class:`~fedstale.strategies.task.Task`
 (its index, training seed, delay-aware learning rate, epochs, the model
-version and the virtual clock's lower bound of its finish time), keeps the
+version, when its client goes offline and the virtual clock's lower bound
+of its finish time, no later than that), keeps the
 base model it starts from, builds its TRAIN message and queues it on the
 transport. After a resume it dispatches the tasks that were in flight again,
 exactly as they were.
@@ -91,12 +92,19 @@ class Dispatcher:  # pylint: disable=too-many-instance-attributes
             num_examples=self.placement.num_examples.get(client_id),
             bytes_down=self.model.codec.nbytes,
             seed=task_seed(self.seed, client_id, index),
+            version_time=self.model.made_at,
             **training_settings(config, self.lr_delay_alpha, last_staleness),
         )
-        self.clock.schedule(task)
+        self._schedule(task)
         self.inflight.add(task)
         self.snapshots.acquire(version, self.model.flat)
         return task
+
+    def _schedule(self, task: Task) -> None:
+        """The clock's lower bound of the finish time, capped when the client goes offline."""
+        task.offline_at = self.pool.availability.offline_after(task.client_id, task.dispatch_time)
+        self.clock.schedule(task)
+        task.earliest_finish = min(task.earliest_finish, task.offline_at)
 
     def train_message(self, task: Task, arrays: ArrayRecord, config: ConfigRecord) -> Message:
         """The TRAIN message of ``task`` (kept on the task).
@@ -131,7 +139,7 @@ class Dispatcher:  # pylint: disable=too-many-instance-attributes
         """
         for fields in tasks:
             task = Task(node_id=self.placement.node_of[fields["client_id"]], **fields)
-            self.clock.schedule(task)
+            self._schedule(task)
             self.inflight.add(task)
             self.pool.busy.add(task.client_id)
             base = self.snapshots.base(task.dispatch_version)

@@ -10,6 +10,7 @@ import torch
 from flwr.supercore import log
 
 from ..aggregation.filters import NormBound, ValidationCheck
+from ..aggregation.optimizers import SGD, ServerOptimizer
 from ..component_state import capture, restore
 from .base import AsyncStrategy
 from .task import ClientUpdate
@@ -22,7 +23,11 @@ class FedAsync(AsyncStrategy):
 
         x ← (1 − α_t)·x + α_t·x_new,   α_t = α·s(τ)·T
 
-    where T is the client's trust (1 when trust is off).
+    where T is the client's trust (1 when trust is off). This is the server
+    optimizer's step with rate α_t on the pseudo-gradient d = x_new − x,
+    x ← x + α_t·η·u(d): SGD with η = 1 and no momentum (the default) gives
+    the rule above; Adam, Yogi or Adagrad
+    (:mod:`fedstale.aggregation.optimizers`) give x ← x + α_t·η·c_t·m/(√v + τ).
 
     One update at a time cannot be medianed, so robustness comes from
     per-update checks (:mod:`fedstale.aggregation.filters`) and trust: with
@@ -43,6 +48,8 @@ class FedAsync(AsyncStrategy):
         Reject updates that raise the server's validation loss (Zeno++-like).
     trust_window : int (default: 10)
         Accepted deltas whose median is the trust reference.
+    server_optimizer : ServerOptimizer | None (default: None)
+        The step on d = x_new − x; None is SGD with η = 1 (the mixing rule).
     **kwargs
         Passed to :class:`~fedstale.strategies.base.AsyncStrategy`
         (``staleness`` is s(τ); FedAsync is asynchronous only).
@@ -58,6 +65,7 @@ class FedAsync(AsyncStrategy):
         norm_bound: NormBound | None = None,
         validation: ValidationCheck | None = None,
         trust_window: int = 10,
+        server_optimizer: ServerOptimizer | None = None,
         **kwargs: Any,
     ) -> None:
         if not 0 < alpha <= 1:
@@ -67,6 +75,7 @@ class FedAsync(AsyncStrategy):
         self.norm_bound = norm_bound
         self.validation = validation
         self._recent: deque[torch.Tensor] = deque(maxlen=trust_window)
+        self.server_optimizer = server_optimizer if server_optimizer is not None else SGD()
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -79,16 +88,24 @@ class FedAsync(AsyncStrategy):
             self._recent.clear()
         if getattr(self, "norm_bound", None) is not None:
             self.norm_bound.reset()
+        if hasattr(self, "server_optimizer"):
+            self.server_optimizer.reset()
 
     def extra_run_state(self) -> dict[str, Any]:
-        """Recent accepted deltas (trust reference) and the norm filter's history."""
-        return {"recent": list(self._recent), "norm_bound": capture(self.norm_bound)}
+        """Recent accepted deltas (trust reference), the norm filter's history, the optimizer's state."""
+        return {
+            "recent": list(self._recent),
+            "norm_bound": capture(self.norm_bound),
+            "server_optimizer": capture(self.server_optimizer),
+        }
 
     def load_extra_run_state(self, state: dict[str, Any]) -> None:
         """Put back what :meth:`extra_run_state` returned."""
         self._recent.clear()
         self._recent.extend(state["recent"])
         restore(self.norm_bound, state["norm_bound"])
+        if "server_optimizer" in state:  # absent from resume points before optimizers
+            restore(self.server_optimizer, state["server_optimizer"])
 
     def aggregate_updates(
         self, model: torch.Tensor, updates: list[ClientUpdate]
@@ -103,11 +120,14 @@ class FedAsync(AsyncStrategy):
             if reason is not None:
                 update.reject(reason)
                 continue
-            alpha_t = self.alpha * self.staleness(update.staleness) * self._trust_weight(update)
-            proposed = torch.lerp(model, update.params, alpha_t)
+            staleness = self.staleness.weight(update.staleness, update.age)
+            alpha_t = self.alpha * staleness * self._trust_weight(update)
+            before = None if self.validation is None else capture(self.server_optimizer)
+            proposed = self.server_optimizer.mix(model, update.params, alpha_t)
             if self.validation is not None:
                 reason = self.validation.check(model, proposed)
                 if reason is not None:
+                    restore(self.server_optimizer, before)  # a refused step leaves no moment
                     update.reject(reason)
                     continue
             update.weight = alpha_t

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from logging import INFO
 from typing import Any
 
 import torch
 from flwr.supercore import log
 
+from ..aggregation.optimizers import SGD, ServerOptimizer
 from ..aggregation.reducers import Reducer, WeightedMean
 from ..component_state import capture, restore
 from .base import AsyncStrategy
@@ -28,10 +30,13 @@ class FedBuff(AsyncStrategy):
 
     where R is the buffer reducer (the weighted mean Σ w_i Δ_i / Σ w_i by
     default, so "count" is the paper's (1/K) Σ s(τ_i) Δ_i and "weight_sum" is
-    Σ s(τ_i) Δ_i / Σ s(τ_i)). Then, with server momentum β and learning
-    rate η_g:
+    Σ s(τ_i) Δ_i / Σ s(τ_i)). Then the server optimizer steps on d; by
+    default SGD with server momentum β and learning rate η_g:
 
         m ← β·m + d,   x ← x + η_g·m     (β = 0: x ← x + η_g·d)
+
+    and with an adaptive one (:mod:`fedstale.aggregation.optimizers`: Adam,
+    Yogi, Adagrad) x ← x + η·c_t·m/(√v + τ).
 
     "count" shrinks the step when the buffer is stale (stale updates count
     less *and* the step is smaller); "weight_sum" only reweights within the
@@ -39,6 +44,13 @@ class FedBuff(AsyncStrategy):
 
     In ``sync`` mode the buffer is the whole round of ``concurrency`` clients
     (K is ignored), all with τ = 0.
+
+    With ``aggregation_delay`` D (Papaya / FL-GO's timer), a buffer that
+    holds at least ``min_updates`` updates is also flushed once D clock
+    seconds have passed since its first update arrived, even if it is not
+    full: at that instant if it already holds enough, else at the arrival
+    that brings it to ``min_updates``. The loop's clock moves to the timer
+    (:meth:`next_timer`) when no reply can be delivered before it.
 
     With central DP (``central_dp``) each Δ_i is clipped to norm C before the
     reducer and N(0, (z·C/K)²) is added to d, with K the updates in the
@@ -59,6 +71,9 @@ class FedBuff(AsyncStrategy):
         η_g.
     server_momentum : float (default: 0.0)
         β in [0, 1).
+    server_optimizer : ServerOptimizer | None (default: None)
+        Steps on d; None is ``SGD(server_lr, server_momentum)`` (the two
+        are then ignored).
     normalization : str (default: "count")
         "count" or "weight_sum", see above.
     weight_by_examples : bool (default: False)
@@ -79,10 +94,17 @@ class FedBuff(AsyncStrategy):
         normalization: str = "count",
         weight_by_examples: bool = False,
         reducer: Reducer | None = None,
+        aggregation_delay: float | None = None,
+        min_updates: int = 1,
+        server_optimizer: ServerOptimizer | None = None,
         **kwargs: Any,
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        if not 1 <= min_updates <= buffer_size:
+            raise ValueError(f"min_updates must be in [1, buffer_size], got {min_updates}")
+        if aggregation_delay is not None and aggregation_delay <= 0:
+            raise ValueError(f"aggregation_delay must be > 0, got {aggregation_delay}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {', '.join(NORMALIZATIONS)}, "
@@ -97,18 +119,23 @@ class FedBuff(AsyncStrategy):
         self.normalization = normalization
         self.weight_by_examples = weight_by_examples
         self.reducer = reducer if reducer is not None else WeightedMean()
+        self.server_optimizer = (
+            server_optimizer
+            if server_optimizer is not None
+            else SGD(lr=server_lr, momentum=server_momentum)
+        )
+        self.aggregation_delay, self.min_updates = aggregation_delay, min_updates
         self._buffer: list[ClientUpdate] = []
         self._held: list[ClientUpdate] = []
-        self._momentum: torch.Tensor | None = None
+        self._buffer_since: float | None = None
 
     def summary(self) -> None:
         """Log the configuration."""
         log(
             INFO,
-            "\t├──> Buffer K=%d, η_g=%g, momentum=%g, normalization=%s, reducer=%s",
+            "\t├──> Buffer K=%d, server optimizer %s, normalization=%s, reducer=%s",
             self.buffer_size,
-            self.server_lr,
-            self.server_momentum,
+            self.server_optimizer.describe(),
             self.normalization,
             self.reducer.name,
         )
@@ -118,26 +145,38 @@ class FedBuff(AsyncStrategy):
         super()._reset_run_state()
         self._buffer = []
         self._held = []
-        self._momentum = None
+        self._buffer_since = None
         if hasattr(self, "reducer"):
             self.reducer.reset()
+        if hasattr(self, "server_optimizer"):
+            self.server_optimizer.reset()
 
     def extra_run_state(self) -> dict[str, Any]:
-        """Server momentum and the reducer's state (for resume).
+        """The server optimizer's and the reducer's state (for resume).
 
-        The buffer is empty at every resume point: a new version is made by
+        ``momentum`` is SGD's momentum buffer (None for the other
+        optimizers), under the key resume points have always had it. The
+        buffer is empty at every resume point: a new version is made by
         flushing it.
         """
-        return {"momentum": self._momentum, "reducer": capture(self.reducer)}
+        momentum = getattr(self.server_optimizer, "momentum_buffer", None)
+        return {
+            "momentum": momentum,
+            "reducer": capture(self.reducer),
+            "server_optimizer": capture(self.server_optimizer),
+        }
 
     def load_extra_run_state(self, state: dict[str, Any]) -> None:
         """Put back what :meth:`extra_run_state` returned."""
-        self._momentum = state["momentum"]
+        if "server_optimizer" in state:
+            restore(self.server_optimizer, state["server_optimizer"])
+        elif isinstance(self.server_optimizer, SGD):  # a resume point from before optimizers
+            self.server_optimizer.momentum_buffer = state["momentum"]
         restore(self.reducer, state["reducer"])
 
     def staleness_weight(self, update: ClientUpdate) -> float:
-        """s(τ) of one update, computed when it is received."""
-        return self.staleness(update.staleness)
+        """s(τ) of one update (with its age in seconds), computed when it is received."""
+        return self.staleness.weight(update.staleness, update.age)
 
     def weights(self, updates: list[ClientUpdate]) -> torch.Tensor:
         """w_i: each update's staleness weight, × n_i / mean(n) if asked."""
@@ -156,10 +195,33 @@ class FedBuff(AsyncStrategy):
             update.weight = self.staleness_weight(update) * self._trust_weight(update)
         self._buffer.extend(active)
         self._held.extend(held)
+        if self._buffer and self._buffer_since is None:
+            self._buffer_since = self.clock.now
         if self.mode == "async" and len(self._buffer) < self.buffer_size:
-            return None
+            if not self._buffer or self.next_timer() > self.clock.now:
+                return None
+        return self._flush(model)
+
+    def next_timer(self) -> float:
+        """When a buffer of at least ``min_updates`` has waited ``aggregation_delay`` (inf: never)."""
+        if (
+            self.aggregation_delay is None
+            or self.mode != "async"
+            or self._buffer_since is None
+            or len(self._buffer) < self.min_updates
+        ):
+            return math.inf
+        return self._buffer_since + self.aggregation_delay
+
+    def on_timer(self, model: torch.Tensor) -> torch.Tensor | None:
+        """The buffer has waited ``aggregation_delay``: flush it, full or not."""
+        return self._flush(model)
+
+    def _flush(self, model: torch.Tensor) -> torch.Tensor | None:
+        """One server step from the buffer (None if it is empty); the buffer starts over."""
         buffer, self._buffer = self._buffer, []
         held, self._held = self._held, []
+        self._buffer_since = None
         if not buffer:
             return None
         return self.server_step(model, buffer, held)
@@ -185,10 +247,5 @@ class FedBuff(AsyncStrategy):
         return self.apply_direction(model, direction)
 
     def apply_direction(self, model: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """m ← β·m + d, x ← x + η_g·m (x ← x + η_g·d without momentum)."""
-        if self.server_momentum > 0:
-            if self._momentum is None:
-                self._momentum = torch.zeros_like(direction)
-            self._momentum = self.server_momentum * self._momentum + direction
-            direction = self._momentum
-        return model + self.server_lr * direction
+        """The server optimizer's step on d (SGD: m ← β·m + d, x ← x + η_g·m)."""
+        return self.server_optimizer.step(model, direction)

@@ -8,6 +8,7 @@ defaults that fit most rules. The trust helpers (``_set_aside_quarantined``,
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,19 @@ class StrategyHooks(ABC):
 
         Strategies that group tasks (secure aggregation) override this.
         """
+
+    def next_timer(self) -> float:
+        """Clock time at which the strategy wants :meth:`on_timer` called (inf: never).
+
+        FedBuff with ``aggregation_delay`` flushes a buffer that has waited
+        long enough; see :mod:`fedstale.strategies.wakeups`.
+        """
+        return math.inf
+
+    def on_timer(self, model: torch.Tensor) -> torch.Tensor | None:
+        """The timer of :meth:`next_timer` fired: the new model, or None if it does not change."""
+        del model
+        return None
 
     def extra_run_state(self) -> dict[str, Any]:
         """A subclass's own run state (server momentum, filters, ...)."""

@@ -35,6 +35,7 @@ TOTALS = (
     "dense_bytes_up",
     "max_client_epsilon",
     "since_eval",
+    "too_stale_in_a_row",
 )
 """The totals a resume point saves (see :meth:`Ledger.totals`)."""
 
@@ -63,6 +64,8 @@ class Ledger:  # pylint: disable=too-many-instance-attributes
         Largest DP-SGD ε a client reported (None: none did).
     since_eval : list[int]
         Staleness of the updates accepted since the last ``metrics.csv`` row.
+    too_stale_in_a_row : int
+        Updates dropped as too stale since the last accepted one.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Ledger:  # pylint: disable=too-many-instance-attributes
         self.dense_bytes_up = 0
         self.max_client_epsilon: float | None = None
         self.since_eval: list[int] = []
+        self.too_stale_in_a_row = 0
 
     def count_delivered(self, task: Task, dense_nbytes: int) -> None:
         """Count a delivered task, its bytes and its client's ε.
@@ -95,9 +99,16 @@ class Ledger:  # pylint: disable=too-many-instance-attributes
         if epsilon is not None:
             self.max_client_epsilon = max(self.max_client_epsilon or 0.0, float(epsilon))
 
+    def count_too_stale(self) -> int:
+        """Count an update dropped for its staleness (in versions or seconds); return the streak."""
+        self.dropped += 1
+        self.too_stale_in_a_row += 1
+        return self.too_stale_in_a_row
+
     def count_merged(self, update: ClientUpdate) -> None:
         """Count an update the strategy accepted or rejected."""
         if update.accepted:
+            self.too_stale_in_a_row = 0
             self.accepted += 1
             self.since_eval.append(update.staleness)
         else:

@@ -52,9 +52,15 @@ from .ledger import Ledger
 from .placement import Placement, discover
 from .pool import ClientPool
 from .run_state import capture_run_state, restore_run_state
-from .task import ClientUpdate, Task
+from .task import ClientUpdate, Task, too_stale
 from .transport import Transport
+from .updates import updates_of
 from .versions import GlobalModel, SnapshotStore
+from .wakeups import next_wakeup
+
+STALE_STREAK = 10
+"""With ``max_staleness_seconds``, the run stops after this many × C updates in a row were
+dropped as too stale: no version is made, so every later update would be too."""
 
 
 class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-attributes
@@ -87,9 +93,10 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
     def process(self, task: Task) -> bool:
         """Deliver one task's reply at ``clock.now``.
 
-        A failed task is counted and its client retried or left out; a too
-        stale one is dropped; in sync mode a reply waits for the round's
-        last; else it is merged (:meth:`aggregate_train`).
+        A task lost because its client went offline is dropped; a failed
+        task is counted and its client retried or left out; a too stale one
+        is dropped; in sync mode a reply waits for the round's last; else it
+        is merged (:meth:`aggregate_train`).
 
         Returns
         -------
@@ -99,15 +106,23 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.inflight.delivered(task)
         self.pool.task_ended(task.client_id)
         self.ledger.count_delivered(task, self.codec.nbytes)
+        if task.lost is not None:  # its client went offline first
+            self.ledger.dropped += 1
+            self._drop(task, task.lost)
+            return self._close_round_if_done()
         if task.failure is not None:
             self._on_failure(task)
             return self._close_round_if_done()
         self.fail_fast.on_success()
         staleness = self.version - task.dispatch_version
-        self.pool.on_success(task.client_id, staleness)
-        if self.max_staleness is not None and staleness > self.max_staleness:
-            self.ledger.dropped += 1
-            self._drop(task, f"staleness > {self.max_staleness}")
+        self.pool.on_reply(task, staleness)
+        age = self.clock.now - task.version_time
+        reason = too_stale(staleness, age, self.max_staleness, self.max_staleness_seconds)
+        if reason is not None:
+            streak = self.ledger.count_too_stale()
+            self._drop(task, reason)
+            if self.max_staleness_seconds is not None and streak >= STALE_STREAK * self.concurrency:
+                self._stop_reason = f"{streak} updates in a row {reason}"
             return False
         if self.mode == "sync":
             self.inflight.barrier.append(task)
@@ -139,6 +154,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             retry_backoff=self.retry_backoff,
             max_participations=self.max_participations,
             retry=self.mode == "async",
+            availability=self.availability,
         )
         self.placement = Placement([], self.num_clients or 0, self.message_ttl)
         self.transport = Transport([], self.max_inflight_per_node, None, math.inf)
@@ -238,6 +254,27 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         ) or self.pool.stop_reason(idle=not self.inflight)
         return bool(self._stop_reason)
 
+    def _wake(self, grid: Grid, num_rounds: int, max_virtual_time: float | None) -> bool:
+        """Move the clock to the next event that is not a delivery if it comes first; say if it did.
+
+        The event (:func:`~fedstale.strategies.wakeups.next_wakeup`): a client coming online
+        while a slot is free, or the strategy's timer (:meth:`next_timer`; a new version?).
+        """
+        at, timer = next_wakeup(self)
+        if math.isinf(at) or not self.clock.reached(at, self.inflight):
+            return False
+        if max_virtual_time is not None and at > max_virtual_time:
+            self.clock.now = max(self.clock.now, max_virtual_time)
+            self._stop_reason = f"virtual-time budget {max_virtual_time:g}s"
+            return True
+        self.clock.move_to(at)
+        new_model = self.on_timer(self.model) if timer else None
+        if new_model is not None:
+            self.global_model.advance(new_model, self.clock.now)
+            self.snapshots.drop_unused(self.version)
+            self._after_new_version(grid, num_rounds)
+        return True
+
     def _dispatch(self, grid: Grid) -> None:
         """Fill free slots with new tasks, queued for their nodes."""
         if self.inflight.free_slots(self.mode, self.concurrency) <= 0:
@@ -246,29 +283,11 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.dispatcher.enqueue(self.configure_train(self.version, arrays, self._train_config, grid))
 
     def _updates_of(self, replies: Iterable[Message]) -> list[ClientUpdate]:
-        """The intact replies' tasks as updates (the adversary's interception applied)."""
-        updates = []
-        for reply in replies:
-            task = self.inflight.claim(reply.metadata.reply_to_message_id)
-            if task is None:
-                log_line("ignoring a reply to an unknown message", warning=True)
-                continue
-            if not task.arrived:
-                self.courier.receive(task, reply)
-            if task.failure is None:
-                assert task.params is not None
-                update = ClientUpdate(
-                    task=task,
-                    params=task.params,
-                    base=self.snapshots.base(task.dispatch_version),
-                    staleness=self.version - task.dispatch_version,
-                    num_examples=int(task.metrics["num-examples"]),
-                )
-                if self.adversary is not None:
-                    self.adversary.intercept(update)
-                updates.append(update)
-            self.snapshots.release(task.dispatch_version, self.version)
-        return updates
+        """The intact replies' tasks as updates (:func:`~fedstale.strategies.updates.updates_of`)."""
+        return updates_of(
+            replies, inflight=self.inflight, courier=self.courier, snapshots=self.snapshots,
+            version=self.version, now=self.clock.now, adversary=self.adversary,
+        )
 
     def _on_failure(self, task: Task) -> None:
         self.ledger.failures += 1

@@ -3,34 +3,41 @@
 :class:`ClientPool` keeps the books of a run's clients: which are training
 (busy), which were left out after failures, which wait to be dispatched
 again after a failure (first in line, possibly after a backoff), how many
-tasks each was sent (its participations, capped by ``max_participations``)
-and the staleness of its last update (for the delay-aware learning rate).
+tasks each was sent (its participations, capped by ``max_participations``),
+the staleness of its last update (for the delay-aware learning rate) and
+the virtual duration, loss and example count of its last intact reply (for
+time- and utility-aware selection).
 
 Selection has two parts. The pool decides who *may* train: an idle client
-that is not left out, has budget left and is not backing off; clients to
-retry come first, in the order they failed. A :class:`SelectionPolicy`
-decides who *does* among the other idle clients. :class:`RandomSelection`,
-a seeded uniform choice without replacement, is the only policy today.
-
-Adding a policy (round robin, least participated, fastest first, Oort)
-means one class with :meth:`SelectionPolicy.choose`, which may read the
-pool's books (:meth:`ClientPool.participations`,
-:attr:`ClientPool.last_staleness`, ...) and keeps its own state across a
-resume through ``run_state``/``load_run_state``. Client availability would
-be one more filter where :meth:`ClientPool.select` computes the idle set.
+that is online (:mod:`fedstale.availability`), is not left out,
+has budget left and is not backing off; clients to retry come first, in the
+order they failed. A :class:`SelectionPolicy` decides who *does* among the
+other idle clients: one class a file in :mod:`fedstale.strategies.selection`
+(``random``, the default, ``round_robin``, ``least_participated``,
+``fastest_first``, ``oort``), each reading the pool's books and keeping its
+own state across a resume through ``run_state``/``load_run_state``.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..availability import AlwaysOnline, Availability
 from ..progress import log_line
+from .selection.random_choice import RandomSelection  # noqa: F401  (re-exported)
 
-BOOKS = ("excluded", "retry_first", "consecutive_failures", "last_staleness", "task_index")
+if TYPE_CHECKING:
+    from .task import Task
+
+BOOKS = (
+    "excluded", "retry_first", "consecutive_failures", "last_staleness", "task_index",
+    "last_duration", "last_loss", "last_examples",
+)
 """The per-client books a resume point saves (see :meth:`ClientPool.books`)."""
 
 
@@ -56,39 +63,6 @@ class SelectionPolicy(Protocol):
         """Continue from what :meth:`run_state` returned."""
 
 
-class RandomSelection:
-    """A uniform choice without replacement, seeded by ``seed``.
-
-    Parameters
-    ----------
-    seed : int
-        The run's seed; the generator is ``default_rng([seed, 4])``.
-    """
-
-    name = "random"
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.reset()
-
-    def reset(self) -> None:
-        """A fresh generator from the seed."""
-        self.rng = np.random.default_rng([self.seed, 4])
-
-    def choose(self, idle: list[int], count: int, pool: ClientPool) -> list[int]:
-        """``count`` clients drawn uniformly from ``idle``, in draw order."""
-        del pool
-        return [int(c) for c in self.rng.choice(idle, size=count, replace=False)]
-
-    def run_state(self) -> Any:
-        """The generator's state."""
-        return self.rng.bit_generator.state
-
-    def load_run_state(self, state: Any) -> None:
-        """Put the generator's state back."""
-        self.rng.bit_generator.state = state
-
-
 class ClientPool:  # pylint: disable=too-many-instance-attributes
     """The run's clients and their books.
 
@@ -107,6 +81,9 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
     retry : bool (default: True)
         Whether a failed client is put first in line (async mode); in sync
         mode each round selects anew.
+    availability : Availability | None (default: None)
+        Who is online when (:mod:`fedstale.availability`); None:
+        everyone, always.
     """
 
     def __init__(
@@ -117,8 +94,10 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         retry_backoff: tuple[float, float] = (0.0, 60.0),
         max_participations: int = 0,
         retry: bool = True,
+        availability: Availability | None = None,
     ) -> None:
         self.policy = policy
+        self.availability = availability if availability is not None else AlwaysOnline()
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.max_participations = max_participations
@@ -133,6 +112,12 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         self.last_staleness: dict[int, int] = {}
         self.task_index: dict[int, int] = {}
         """Tasks sent to each client so far."""
+        self.last_duration: dict[int, float] = {}
+        """Virtual seconds from dispatch to finish of each client's last intact reply."""
+        self.last_loss: dict[int, float] = {}
+        """Loss of each client's last intact reply (√ of its ``train-loss-squared``, else its ``train-loss``)."""
+        self.last_examples: dict[int, int] = {}
+        """``num-examples`` of each client's last intact reply."""
 
     def populate(self, num_clients: int) -> None:
         """The population is clients ``0 .. num_clients - 1``."""
@@ -159,8 +144,10 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
             del self.retry_at[client]
         return set(self.retry_at)
 
-    def select(self, count: int) -> list[int]:
-        """Pick up to ``count`` clients: those to retry first, then the policy's choice.
+    def select(self, count: int, now: float = 0.0) -> list[int]:
+        """Pick up to ``count`` clients online at ``now``: those to retry first, then the policy's.
+
+        A client to retry that is offline keeps its place in line.
 
         Returns
         -------
@@ -169,7 +156,7 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         """
         chosen: list[int] = []
         spent = self.budget_spent()
-        waiting = self.backing_off()
+        waiting = self.backing_off() | self.offline(now)
         for client in [c for c in self.retry_first if c not in waiting]:
             if len(chosen) == count:
                 break
@@ -181,6 +168,26 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         if extra > 0:
             chosen += self.policy.choose(idle, extra, self)
         return chosen
+
+    def offline(self, now: float) -> set[int]:
+        """Clients not online at ``now`` (none when everyone always is)."""
+        if isinstance(self.availability, AlwaysOnline):
+            return set()
+        return {c for c in self.clients if not self.availability.is_online(c, now)}
+
+    def next_online(self, now: float) -> float:
+        """When the first idle client that may train and is offline at ``now`` comes online.
+
+        inf when none will (or everyone is always online).
+        """
+        if isinstance(self.availability, AlwaysOnline):
+            return math.inf
+        idle = self.clients - self.busy - self.excluded - self.budget_spent()
+        return min(
+            (self.availability.next_online(c, now) for c in sorted(idle)
+             if not self.availability.is_online(c, now)),
+            default=math.inf,
+        )
 
     def sample_for_evaluation(self, count: int, seed: int, version: int) -> list[int]:
         """``count`` clients not left out, for federated evaluation at ``version`` (sorted).
@@ -210,6 +217,19 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         """A reply arrived intact, with staleness ``staleness``."""
         self.consecutive_failures[client_id] = 0
         self.last_staleness[client_id] = staleness
+
+    def on_reply(self, task: Task, staleness: int) -> None:
+        """An intact reply to ``task`` was delivered: :meth:`on_success`, and its duration, loss, size."""
+        client = task.client_id
+        self.on_success(client, staleness)
+        assert task.finish_time is not None
+        self.last_duration[client] = task.finish_time - task.dispatch_time
+        self.last_examples[client] = int(task.metrics["num-examples"])
+        squared, loss = task.metrics.get("train-loss-squared"), task.metrics.get("train-loss")
+        if squared is not None:
+            self.last_loss[client] = float(squared) ** 0.5  # type: ignore[operator]
+        elif loss is not None:
+            self.last_loss[client] = float(loss)  # type: ignore[arg-type]
 
     def on_failure(self, client_id: int, reason: str) -> None:
         """A task failed: leave the client out, or line it up for a retry."""

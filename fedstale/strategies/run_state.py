@@ -36,6 +36,7 @@ DISPATCH_FIELDS = (
     "bytes_down",
     "lr",
     "seed",
+    "version_time",
 )
 """What a task in flight needs to be dispatched again on resume."""
 
@@ -71,7 +72,11 @@ def capture_run_state(strategy: AsyncStrategy) -> dict[str, Any]:
         "inflight": strategy.inflight.fields(DISPATCH_FIELDS),
         "next_task_id": strategy.inflight.next_task_id,
         "rng": strategy.pool.policy.run_state(),
-        "clock": {"now": strategy.clock.now, "wall": strategy.clock.wall_elapsed()},
+        "clock": {
+            "now": strategy.clock.now,
+            "wall": strategy.clock.wall_elapsed(),
+            "version_made_at": strategy.global_model.made_at,
+        },
         "counters": counters,
         "clients": {f"_{name}": value for name, value in strategy.pool.books().items()},
         "components": {name: capture(getattr(strategy, name)) for name in COMPONENTS},
@@ -101,7 +106,9 @@ def restore_run_state(strategy: AsyncStrategy, state: dict[str, Any]) -> list[di
         raise ValueError(
             f"the resume point was written by {state['strategy']}, not {type(strategy).__name__}"
         )
-    strategy.global_model.restore(int(state["version"]), state["model"])
+    clock = state["clock"]
+    made_at = clock.get("version_made_at", clock["now"])  # absent from older resume points
+    strategy.global_model.restore(int(state["version"]), state["model"], made_at)
     strategy.snapshots.load(state["bases"], strategy.version, strategy.model)
     strategy.inflight.next_task_id = int(state["next_task_id"])
     strategy.pool.policy.load_run_state(state["rng"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ class Task:  # pylint: disable=too-many-instance-attributes
     lr: float | None
     """Learning rate sent to the client (None: the config had no ``lr``)."""
     seed: int
+    version_time: float = 0.0
+    """Clock time at which ``dispatch_version`` was made."""
     bytes_up: int = 0
     """Bytes of the reply's arrays, once it arrived."""
     earliest_finish: float = 0.0
@@ -54,6 +57,10 @@ class Task:  # pylint: disable=too-many-instance-attributes
     """Whether a retry would fail the same way (a ClientApp exception, a
     malformed update), as opposed to a transient fault (a timeout, a node
     that is down); see :mod:`fedstale.strategies.failfast`."""
+    offline_at: float = math.inf
+    """When the client goes offline (availability), known at dispatch; inf: never."""
+    lost: str | None = None
+    """Why the task was lost: its client went offline before it finished."""
     params: torch.Tensor | None = None
     """The client's returned model as a flat vector, once it arrived."""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +95,9 @@ class ClientUpdate:
         τ = server version now − ``task.dispatch_version``.
     num_examples : int
         Training examples the client used (its ``num-examples``).
+    age : float
+        Seconds since the version the client started from was made
+        (staleness in time: clock now − ``task.version_time``).
     weight : float
         The weight the strategy gave it (filled by the strategy, for the log).
     accepted : bool
@@ -101,6 +111,7 @@ class ClientUpdate:
     base: torch.Tensor
     staleness: int
     num_examples: int
+    age: float = 0.0
     weight: float = 1.0
     accepted: bool = True
     reason: str = ""
@@ -115,6 +126,33 @@ class ClientUpdate:
     def delta(self) -> torch.Tensor:
         """Δ = x_local − x_start."""
         return self.params - self.base
+
+
+def cut_at_offline(task: Task) -> None:
+    """A task whose client goes offline before it finishes ends then, lost.
+
+    Called once the clock has given the task its finish time; the task is
+    then delivered at ``offline_at`` (no earlier than the lower bound the
+    clock promised, which the dispatcher capped at ``offline_at``).
+    """
+    if task.finish_time is not None and task.finish_time > task.offline_at:
+        task.finish_time = max(task.offline_at, task.earliest_finish)
+        task.lost = f"offline at t={task.offline_at:.6g}"
+
+
+def too_stale(
+    staleness: int, age: float, max_staleness: int | None, max_seconds: float | None
+) -> str | None:
+    """Why an update ``staleness`` versions and ``age`` seconds old is dropped (None: kept).
+
+    Versions first (Papaya's ``max_staleness``), then seconds since its base
+    version was made (``max_staleness_seconds``).
+    """
+    if max_staleness is not None and staleness > max_staleness:
+        return f"staleness > {max_staleness}"
+    if max_seconds is not None and age > max_seconds:
+        return f"staleness > {max_seconds:g}s"
+    return None
 
 
 def training_settings(

@@ -34,12 +34,15 @@ class GlobalModel:
         The current model as one float32 vector.
     version : int
         The current version (0 until the first change).
+    made_at : float
+        Clock time at which the current version was made (0 for version 0).
     """
 
     def __init__(self, initial_arrays: ArrayRecord) -> None:
         self.codec = ModelCodec(initial_arrays)
         self.flat: torch.Tensor = self.codec.flatten(initial_arrays)
         self.version = 0
+        self.made_at = 0.0
         self._arrays = ArrayRecord()
         self._arrays_version = -1
 
@@ -50,16 +53,18 @@ class GlobalModel:
             self._arrays_version = self.version
         return self._arrays
 
-    def advance(self, new_model: torch.Tensor) -> ArrayRecord:
-        """Make ``new_model`` the next version; return it as an ArrayRecord."""
+    def advance(self, new_model: torch.Tensor, at: float = 0.0) -> ArrayRecord:
+        """Make ``new_model`` the next version, made at time ``at``; return it as an ArrayRecord."""
         self.flat = new_model
         self.version += 1
+        self.made_at = at
         return self.arrays()
 
-    def restore(self, version: int, flat: torch.Tensor) -> None:
-        """Continue from ``flat`` at ``version`` (a resume point)."""
+    def restore(self, version: int, flat: torch.Tensor, made_at: float = 0.0) -> None:
+        """Continue from ``flat`` at ``version``, made at ``made_at`` (a resume point)."""
         self.version = version
         self.flat = flat
+        self.made_at = made_at
         self._arrays_version = -1
 
 
