@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
@@ -22,7 +23,8 @@ from .availability import Availability, make_availability
 from .client.torch_client import set_torch_threads
 from .client.training import evaluate, pick_device
 from .config import Config, ConfigError
-from .data import PartitionSpec, client_partitions, load_split
+from .fairness import parse_targets
+from .data import PartitionSpec, client_partitions, load_client_data, load_split
 from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
 from .simulation.clock import Clock, VirtualClock, WallClock
@@ -243,6 +245,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         lr_delay_alpha=config.client.lr_delay_alpha,
         eval_every=config.evaluation.every,
         num_evaluate_clients=config.evaluation.federated_clients,
+        eval_targets=parse_targets(config.evaluation.targets),
         max_retries=config.comm.max_retries,
         retry_backoff=(config.comm.retry_backoff, config.comm.retry_backoff_max),
         message_ttl=config.comm.message_ttl,
@@ -300,6 +303,8 @@ def train_config(config: Config) -> ConfigRecord:
         | privacy_directives(config)
     )
     record.update(dp_sgd_directives(config))
+    if config.evaluation.fairness:  # the clients leave their held-out split out of training
+        record["held-out"] = config.evaluation.held_out
     return record
 
 
@@ -372,6 +377,12 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
     ``non-target-accuracy``: the clean accuracy on those same images,
     untriggered (the main task where the backdoor does not aim; the overall
     ``accuracy`` also counts the target class, which a backdoor inflates).
+
+    With ``evaluation.fairness`` it adds ``client-accuracy`` and
+    ``client-examples``: the accuracy on, and the size of, every client's
+    held-out split (lists indexed by client id), which the server rebuilds
+    from the ``data`` section as every ClientApp does (in a deployment the
+    server needs the dataset for this, as for the test set).
     """
     d = config.data
     data = load_split(d.dataset, d.test_fraction, d.seed, path=d.path)
@@ -387,6 +398,7 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
         )
         keep = data.y_test != config.attack.target_label
         others = (data.x_test[keep], data.y_test[keep])
+    held_out = client_held_out_sets(config) if config.evaluation.fairness else []
 
     def evaluate_fn(version: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -395,9 +407,24 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
         if backdoor is not None:
             record["attack-success"] = evaluate(model, backdoor[0], backdoor[1], device)[1]
             record["non-target-accuracy"] = evaluate(model, *others, device)[1]
+        if held_out:
+            record["client-accuracy"] = [evaluate(model, x, y, device)[1] for x, y in held_out]
+            record["client-examples"] = [len(y) for _, y in held_out]
         return record
 
     return evaluate_fn
+
+
+def client_held_out_sets(config: Config) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every client's held-out (x, y) split (``evaluation.held_out``), by client id."""
+    d, spec = config.data, partition_spec(config)
+    return [
+        load_client_data(
+            d.dataset, d.test_fraction, spec, cid, d.server_val_size, d.path,
+            config.evaluation.held_out, "held",
+        )
+        for cid in range(d.num_clients)
+    ]
 
 
 def run_strategy(

@@ -35,6 +35,17 @@ CLIENT_ACCURACY_COLUMNS = ("version", "virtual_time", "client_id", "num_examples
 WORST_FRACTION = 0.1
 """Share of the clients whose mean accuracy is reported as the worst group."""
 
+TARGETS_FILE = "targets.csv"
+"""A run folder's first reach of each ``evaluation.targets`` accuracy (absent without targets)."""
+
+TARGETS_COLUMNS = ("target", "version", "virtual_time", "updates")
+"""Columns of ``targets.csv``: the first evaluation (model ``version``, at
+``virtual_time`` after ``updates`` received replies) whose centralized
+``accuracy`` reached ``target``; one row per target reached, in order."""
+
+SUMMARY_COLUMNS = ("client_acc_mean", "client_acc_std", "client_acc_worst10", "client_acc_jain")
+"""The ``metrics.csv`` columns :func:`summary_columns` fills (empty when fairness is off)."""
+
 _SPLIT_STREAM = 3
 """Stream id of the split's generator (delays use 1 and 2 with the same seed)."""
 
@@ -140,3 +151,29 @@ def summarize(values: Sequence[float], fraction: float = WORST_FRACTION) -> Fair
     mean = sum(xs) / len(xs)
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
     return FairnessSummary(len(xs), mean, std, worst_mean(xs, fraction), jain)
+
+
+def summary_columns(values: Sequence[float]) -> dict[str, float]:
+    """The :data:`SUMMARY_COLUMNS` of a ``metrics.csv`` row from per-client accuracies."""
+    summary = summarize(values)
+    return dict(
+        zip(SUMMARY_COLUMNS, (summary.mean, summary.std, summary.worst_mean, summary.jain))
+    )
+
+
+def parse_targets(text: str) -> tuple[float, ...]:
+    """``evaluation.targets`` (``"0.8,0.9"``) as sorted, distinct accuracies in (0, 1].
+
+    Raises
+    ------
+    ValueError
+        If an item is not a number or not in (0, 1].
+    """
+    try:
+        values = [float(item) for item in str(text).split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated accuracies, e.g. 0.8,0.9, got {text!r}") from None
+    bad = [v for v in values if not 0 < v <= 1]
+    if bad:
+        raise ValueError(f"every target must be in (0, 1], got {bad}")
+    return tuple(sorted(set(values)))

@@ -5,6 +5,10 @@ Layout of a run folder:
 - ``config.yaml``: the resolved configuration (every field);
 - ``metrics.csv``: one row per evaluation (:data:`METRICS_COLUMNS`);
 - ``clients.csv``: one row per received update (:data:`CLIENT_COLUMNS`);
+- ``client_accuracy.csv``: with ``evaluation.fairness``, one row per client
+  per evaluation (:data:`fedstale.fairness.CLIENT_ACCURACY_COLUMNS`);
+- ``targets.csv``: with ``evaluation.targets``, one row per target accuracy
+  reached, at its first evaluation (:data:`fedstale.fairness.TARGETS_COLUMNS`);
 - ``checkpoints/version_<v>.pt``: the global model every
   ``output.checkpoint_every`` versions (a PyTorch ``state_dict``);
 - ``checkpoints/resume.pt``: what ``run.resume`` needs to continue the run,
@@ -29,6 +33,13 @@ import torch
 import yaml
 from flwr.app import ArrayRecord
 
+from .fairness import (
+    CLIENT_ACCURACY_COLUMNS,
+    CLIENT_ACCURACY_FILE,
+    SUMMARY_COLUMNS,
+    TARGETS_COLUMNS,
+    TARGETS_FILE,
+)
 from .plots import plot_run, read_csv  # noqa: F401  (read_csv: for readers of run folders)
 from .resume import ResumePoint, cut_back, save_resume_point
 
@@ -53,6 +64,7 @@ METRICS_COLUMNS = (
     "bytes_up",
     "bytes_down",
     "compression_ratio",
+    *SUMMARY_COLUMNS,
 )
 """Columns of ``metrics.csv``. ``updates`` counts every received reply
 (accepted, dropped for staleness, rejected by quarantine or a filter, or
@@ -66,7 +78,11 @@ has spent (``privacy.local``) and ``central_epsilon`` the server's ε over all
 noisy aggregations so far (``privacy.central``), both at the configured δ;
 ``bytes_up``/``bytes_down`` are the bytes of all updates received / models
 sent so far and ``compression_ratio`` the dense size of the received updates
-divided by their bytes on the wire."""
+divided by their bytes on the wire; ``client_acc_mean``, ``client_acc_std``,
+``client_acc_worst10`` and ``client_acc_jain`` summarize the per-client
+accuracies of ``client_accuracy.csv`` at this evaluation (mean, population
+std, mean of the worst 10 % of clients, Jain's index; empty when
+``evaluation.fairness`` is off)."""
 
 CLIENT_COLUMNS = (
     "task_id",
@@ -105,6 +121,9 @@ in quarantine after it (both empty when trust is off); ``malicious`` is the
 simulation's ground truth (empty without an attack); ``epsilon`` is the
 client's DP-SGD ε after this update (``privacy.local``); ``bytes_up`` and
 ``bytes_down`` are the bytes of this update's reply and of the model sent."""
+
+OPTIONAL_FILES = {CLIENT_ACCURACY_FILE: CLIENT_ACCURACY_COLUMNS, TARGETS_FILE: TARGETS_COLUMNS}
+"""CSV files a run writes only when it has rows for them, with their columns."""
 
 WALL_COLUMNS = ("wall_time", "wall_duration", "fit_seconds")
 """Columns that measure wall time and so differ between identical runs."""
@@ -191,11 +210,31 @@ class RunRecorder:
         else:
             for name, size in resume_from.csv_sizes.items():
                 cut_back(run_dir / name, size)
+            for name in OPTIONAL_FILES:  # rows written after the resume point only
+                if name not in resume_from.csv_sizes and (run_dir / name).is_file():
+                    (run_dir / name).unlink()
         config_text = yaml.safe_dump(resolved_config, sort_keys=False)
         _write_atomic(run_dir / "config.yaml", config_text)
         append = resume_from is not None
         self._metrics = _CsvLog(run_dir / "metrics.csv", METRICS_COLUMNS, append)
         self._clients = _CsvLog(run_dir / "clients.csv", CLIENT_COLUMNS, append)
+        self._optional: dict[str, _CsvLog] = {}
+
+    def _log(self, name: str) -> _CsvLog:
+        """The optional CSV ``name``, opened at its first row (appended to if it exists: resume)."""
+        if name not in self._optional:
+            path = self.run_dir / name
+            self._optional[name] = _CsvLog(path, OPTIONAL_FILES[name], path.is_file())
+        return self._optional[name]
+
+    def on_client_accuracy(self, rows: list[dict[str, Any]]) -> None:
+        """Append an evaluation's rows to ``client_accuracy.csv``."""
+        for row in rows:
+            self._log(CLIENT_ACCURACY_FILE).write(row)
+
+    def on_target(self, row: dict[str, Any]) -> None:
+        """Append a row to ``targets.csv``."""
+        self._log(TARGETS_FILE).write(row)
 
     def on_update(self, row: dict[str, Any]) -> None:
         """Append a row to ``clients.csv``."""
@@ -221,7 +260,8 @@ class RunRecorder:
             return
         point = ResumePoint(
             state=get_state(),
-            csv_sizes={"metrics.csv": self._metrics.size(), "clients.csv": self._clients.size()},
+            csv_sizes={"metrics.csv": self._metrics.size(), "clients.csv": self._clients.size()}
+            | {name: log.size() for name, log in self._optional.items()},
             config=self.resolved_config,
         )
         save_resume_point(self.run_dir, point)
@@ -229,8 +269,8 @@ class RunRecorder:
     def finish(self, arrays: ArrayRecord, plots: bool = True) -> None:
         """Save ``model.pt``, close the CSVs and draw the plots."""
         _save_atomic(dict(arrays.to_torch_state_dict()), self.run_dir / "model.pt")
-        self._metrics.close()
-        self._clients.close()
+        for log in (self._metrics, self._clients, *self._optional.values()):
+            log.close()
         if plots:
             plot_run(self.run_dir)
 

@@ -247,6 +247,14 @@ class TrackingRecorder:
         self.recorder.on_evaluate(row)
         self.tracker.log_metrics(row, int(row.get("version", 0)))
 
+    def on_client_accuracy(self, rows: list[dict[str, Any]]) -> None:
+        """Forward an evaluation's ``client_accuracy.csv`` rows."""
+        self.recorder.on_client_accuracy(rows)
+
+    def on_target(self, row: dict[str, Any]) -> None:
+        """Forward a ``targets.csv`` row."""
+        self.recorder.on_target(row)
+
     def on_model(self, version: int, get_arrays: Callable[[], ArrayRecord]) -> None:
         """Forward a model version."""
         self.recorder.on_model(version, get_arrays)

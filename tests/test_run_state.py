@@ -21,6 +21,7 @@ COUNTERS = [
     "_dense_bytes_up", "_max_client_epsilon", "_since_eval",
     "_too_stale_in_a_row",  # added with max_staleness_seconds (absent from older points: 0)
     "_last_eval_version", "_last_eval_updates", "_last_accuracy",
+    "_targets_reached",  # added with evaluation.targets (absent from older points: none reached)
 ]
 CLIENT_BOOKS = [
     "_excluded", "_retry_first", "_consecutive_failures", "_last_staleness", "_task_index",

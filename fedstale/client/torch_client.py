@@ -87,8 +87,13 @@ def partition_tensors(  # pylint: disable=too-many-arguments,too-many-positional
     server_val_size: int,
     path: str,
     pin: bool,
+    held_out: float = 0.0,
+    part: str = "train",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A client's (x, y) training tensors, built once per process and partition.
+
+    ``held_out`` and ``part``: see :func:`fedstale.data.load_client_data`
+    (with a held-out split, ``train`` is what the client trains on).
 
     With ``pin`` (a CUDA device, :func:`~fedstale.client.training.pin_host_memory`)
     they are pinned once here, so every later update copies them to the GPU
@@ -96,7 +101,9 @@ def partition_tensors(  # pylint: disable=too-many-arguments,too-many-positional
     partitioning the cache holds at most one extra copy of the training set
     per process (page-locked when pinned).
     """
-    x, y = load_client_data(dataset, test_fraction, spec, client_id, server_val_size, path)
+    x, y = load_client_data(
+        dataset, test_fraction, spec, client_id, server_val_size, path, held_out, part
+    )
     tensors = torch.from_numpy(x), torch.from_numpy(y)
     if pin:
         tensors = tensors[0].pin_memory(), tensors[1].pin_memory()
@@ -139,8 +146,14 @@ class TorchClient(NumPyClient):
         self.state = state
         self.device = pick_device()
 
-    def _data(self, config: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """This client's cached (x, y) tensors (pinned when training on CUDA)."""
+    def _data(
+        self, config: Mapping[str, Any], part: str = "train"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This client's cached (x, y) tensors (pinned when training on CUDA).
+
+        With ``held-out`` in ``config`` (``evaluation.fairness``), ``part``
+        ``train`` leaves the client's held-out split out and ``held`` is only it.
+        """
         return partition_tensors(
             str(config.get("dataset", "digits")),
             float(config.get("test-fraction", 0.2)),
@@ -149,6 +162,8 @@ class TorchClient(NumPyClient):
             int(config.get("server-val-size", 0)),
             str(config.get("data-path", "")),
             pin_host_memory(self.device),
+            float(config.get("held-out", 0.0)),
+            part,
         )
 
     def _training_data(
@@ -252,9 +267,9 @@ class TorchClient(NumPyClient):
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
-        """Loss and accuracy of ``parameters`` on this client's partition."""
+        """Loss and accuracy of ``parameters`` on this client's partition (its held-out split with ``held-out``)."""
         set_torch_threads(int(config.get("num-threads", 1)))
-        x, y = self._data(config)
+        x, y = self._data(config, "held")
         loss, accuracy = evaluate(self._model(config, parameters), x, y, self.device)
         return loss, len(x), {"accuracy": accuracy}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..fairness import parse_targets
 from .fields import to_dict
 from .schema import SPEED_PARAM_NAMES, SPEED_PARAMETERS, Config, SpeedConfig
 
@@ -40,6 +41,7 @@ def cross_checks(config: Config, explicit: set[str]) -> list[str]:
             f"evaluation.federated_clients: must be <= data.num_clients "
             f"({config.data.num_clients}), got {config.evaluation.federated_clients}"
         )
+    problems += _target_checks(config.evaluation.targets)
     if config.data.partitioner == "pathological" and config.data.classes_per_client > 10:
         problems.append("data.classes_per_client: digits has 10 classes; use 1..10")
     problems += _speed_checks(config.delay.speed, explicit)
@@ -310,6 +312,14 @@ def _robustness_checks(config: Config) -> list[str]:
             f"({trust.quarantine_below}), got {trust.recover_above}"
         )
     return problems
+
+
+def _target_checks(text: str) -> list[str]:
+    try:
+        parse_targets(text)
+    except ValueError as exc:
+        return [f"evaluation.targets: {exc}"]
+    return []
 
 
 def _attack_checks(config: Config) -> list[str]:

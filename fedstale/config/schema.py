@@ -324,6 +324,9 @@ class EvaluationConfig:
 
     every: int = _f(5, "evaluate every this many model versions", ge=1)
     federated_clients: int = _f(0, "clients asked for federated evaluation (0: server only)", ge=0)
+    fairness: bool = _f(False, "also evaluate the global model on every client's held-out split (client_accuracy.csv)")
+    held_out: float = _f(0.2, "share of each client's examples held out from training (fairness)", gt=0, lt=1)
+    targets: str = _f("", "accuracies to record the first reach of in targets.csv, comma-separated, e.g. 0.8,0.9")
 
 
 @dataclass

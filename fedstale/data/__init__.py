@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..fairness import held_out_split
 from .digits import load_digits_split
 from .images import IMAGE_DATASETS, load_image_split, register_torchvision_dataset
 from .partition import PARTITIONERS, PartitionError, PartitionSpec, client_arrays, partition_indices
@@ -93,15 +94,29 @@ def load_client_data(
     client_id: int,
     server_val_size: int = 0,
     path: str = "",
+    held_out: float = 0.0,
+    part: str = "train",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The (x, y) training arrays of client ``client_id`` (cached per process)."""
+    """The (x, y) arrays of client ``client_id`` (the partition is cached per process).
+
+    With ``held_out`` > 0 (``evaluation.fairness``) the client's examples are
+    split once by :func:`fedstale.fairness.held_out_split` (seeded by
+    ``spec.seed``, i.e. ``data.seed``): ``part="train"`` gives the examples it
+    trains on, ``part="held"`` the held-out ones its accuracy is measured on.
+    With ``held_out`` 0 the whole partition, whatever ``part``.
+    """
     if not 0 <= client_id < spec.num_partitions:
         raise ValueError(
             f"client-id {client_id} is outside 0..{spec.num_partitions - 1}"
         )
     data = load_split(name, test_fraction, spec.seed, server_val_size, path)
     indices = list(_indices(name, test_fraction, spec, server_val_size, path))
-    return client_arrays(data, indices, client_id)
+    x, y = client_arrays(data, indices, client_id)
+    if held_out <= 0:
+        return x, y
+    train, held = held_out_split(len(y), held_out, spec.seed, client_id)
+    keep = held if part == "held" else train
+    return x[keep], y[keep]
 
 
 __all__ = [

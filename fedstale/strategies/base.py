@@ -110,6 +110,8 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         Evaluate every this many versions (and at version 0 and at the end).
     num_evaluate_clients : int (default: 0)
         Clients asked for federated evaluation each time (0: only ``evaluate_fn``).
+    eval_targets : tuple[float, ...] (default: ())
+        Accuracies whose first reach is recorded (``Recorder.on_target``).
     max_retries : int (default: 2)
         Consecutive failures after which a client is left out.
     retry_backoff : tuple[float, float] (default: (0.0, 60.0))
@@ -173,6 +175,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         lr_delay_alpha: float = 0.0,
         eval_every: int = 1,
         num_evaluate_clients: int = 0,
+        eval_targets: tuple[float, ...] = (),
         max_retries: int = 2,
         retry_backoff: tuple[float, float] = (0.0, 60.0),
         message_ttl: float = 3600.0,
@@ -202,6 +205,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         self.max_staleness, self.lr_delay_alpha = max_staleness, lr_delay_alpha
         self.max_staleness_seconds = max_staleness_seconds
         self.eval_every, self.num_evaluate_clients = max(1, eval_every), num_evaluate_clients
+        self.eval_targets = tuple(eval_targets)
         self.max_retries, self.retry_backoff = max_retries, retry_backoff
         self.max_participations = max_participations
         self.message_ttl, self.max_inflight_per_node = message_ttl, max_inflight_per_node

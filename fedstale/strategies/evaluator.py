@@ -8,6 +8,15 @@ centralized ``evaluate_fn`` on the server's test set, and federated
 evaluation, where sampled clients evaluate the model on their own data
 (EVALUATE messages through the same transport; training replies keep
 arriving meanwhile and wait).
+
+Two more outputs, reported by :meth:`Evaluator.report` before the row:
+with ``client-accuracy`` and ``client-examples`` in the centralized
+metrics (``evaluation.fairness``; see
+:func:`fedstale.builders.make_evaluate_fn`) one ``client_accuracy.csv`` row
+per client (:data:`~fedstale.fairness.CLIENT_ACCURACY_COLUMNS`) and their
+summary in the row's ``client_acc_*`` columns; and the first evaluation
+whose ``accuracy`` reaches each of ``targets`` (a ``targets.csv`` row,
+:data:`~fedstale.fairness.TARGETS_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Result
 
+from ..fairness import summary_columns
+from .recorder import Recorder
 from .transport import Transport
 
 
@@ -56,6 +67,8 @@ class Evaluator:
         Clients asked for federated evaluation each time (0: none).
     evaluate_fn : Callable[[int, ArrayRecord], MetricRecord | None] | None
         Centralized evaluation ``(version, arrays) -> MetricRecord``.
+    targets : tuple[float, ...] (default: ())
+        Accuracies whose first reach is reported (:meth:`report`).
 
     Attributes
     ----------
@@ -63,6 +76,10 @@ class Evaluator:
         Model version and delivered-task count at the last row (-1: none yet).
     last_accuracy : float | None
         ``accuracy`` of the last centralized evaluation that reported one.
+    reached : list[float]
+        The targets reached so far (saved with the run state).
+    client_rows, target_rows : list[dict[str, Any]]
+        The last evaluation's ``client_accuracy.csv`` and ``targets.csv`` rows.
     """
 
     def __init__(
@@ -70,6 +87,7 @@ class Evaluator:
         every: int = 1,
         federated_clients: int = 0,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        targets: tuple[float, ...] = (),
     ) -> None:
         self.every = max(1, every)
         self.federated_clients = federated_clients
@@ -77,6 +95,10 @@ class Evaluator:
         self.last_version = -1
         self.last_updates = -1
         self.last_accuracy: float | None = None
+        self.targets = tuple(targets)
+        self.reached: list[float] = []
+        self.client_rows: list[dict[str, Any]] = []
+        self.target_rows: list[dict[str, Any]] = []
 
     def due(self, version: int, num_rounds: int) -> bool:
         """Whether a new ``version`` is evaluated (every ``every``, and the last)."""
@@ -127,6 +149,7 @@ class Evaluator:
             ``row``.
         """
         version = row["version"]
+        self.client_rows, self.target_rows = [], []
         if self.evaluate_fn is not None:
             metrics = self.evaluate_fn(version, arrays())
             if metrics is not None:
@@ -136,6 +159,9 @@ class Evaluator:
                 row["attack_success"] = metrics.get("attack-success", "")
                 if "accuracy" in metrics:
                     self.last_accuracy = float(metrics["accuracy"])  # type: ignore[arg-type]
+                    self._check_targets(row, self.last_accuracy)
+                if "client-accuracy" in metrics:
+                    self._per_client(row, metrics)
         if self.federated_clients > 0:
             fed = federated()
             if fed is not None:
@@ -145,6 +171,33 @@ class Evaluator:
         self.last_version = version
         self.last_updates = updates
         return row
+
+    def report(self, row: dict[str, Any], recorder: Recorder) -> None:
+        """Give ``recorder`` the last evaluation's client and target rows, then ``row``."""
+        if self.client_rows:
+            recorder.on_client_accuracy(self.client_rows)
+        for target_row in self.target_rows:
+            recorder.on_target(target_row)
+        recorder.on_evaluate(row)
+
+    def _check_targets(self, row: dict[str, Any], accuracy: float) -> None:
+        for target in self.targets:
+            if target not in self.reached and accuracy >= target:
+                self.reached.append(target)
+                self.target_rows.append(
+                    {"target": target, "version": row["version"],
+                     "virtual_time": row["virtual_time"], "updates": row["updates"]}
+                )
+
+    def _per_client(self, row: dict[str, Any], metrics: MetricRecord) -> None:
+        accuracies = [float(a) for a in metrics["client-accuracy"]]  # type: ignore[union-attr]
+        sizes = [int(n) for n in metrics["client-examples"]]  # type: ignore[union-attr]
+        self.client_rows = [
+            {"version": row["version"], "virtual_time": row["virtual_time"], "client_id": cid,
+             "num_examples": n, "accuracy": acc}
+            for cid, (n, acc) in enumerate(zip(sizes, accuracies))
+        ]
+        row.update(summary_columns(accuracies))
 
     @staticmethod
     def collect(  # pylint: disable=too-many-arguments

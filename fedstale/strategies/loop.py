@@ -160,7 +160,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.transport = Transport([], self.max_inflight_per_node, None, math.inf)
         self.inflight, self.snapshots = InFlight(), SnapshotStore()
         self.ledger = Ledger(self.trust, self.adversary)
-        self.evaluator = Evaluator(self.eval_every, self.num_evaluate_clients)
+        self.evaluator = Evaluator(self.eval_every, self.num_evaluate_clients, targets=self.eval_targets)
         self.global_model, self.result = GlobalModel(ArrayRecord()), Result()
         self._stop_reason, self._abort = "", None
         self.fail_fast.reset()
@@ -351,7 +351,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             federated=lambda: self._federated_evaluation(grid),
             result=self.result,
         )
-        self.recorder.on_evaluate(row)
+        self.evaluator.report(row, self.recorder)
         log_line("%s", format_evaluation(row, self._num_rounds_hint))
 
     def _federated_evaluation(self, grid: Grid) -> MetricRecord | None:

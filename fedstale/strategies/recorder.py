@@ -22,6 +22,12 @@ class Recorder(Protocol):
     def on_evaluate(self, row: dict[str, Any]) -> None:
         """One evaluation (a row of ``metrics.csv``)."""
 
+    def on_client_accuracy(self, rows: list[dict[str, Any]]) -> None:
+        """One evaluation's per-client accuracies (rows of ``client_accuracy.csv``)."""
+
+    def on_target(self, row: dict[str, Any]) -> None:
+        """A target accuracy reached for the first time (a row of ``targets.csv``)."""
+
     def on_model(self, version: int, get_arrays: Callable[[], ArrayRecord]) -> None:
         """A new global model version."""
 
@@ -44,6 +50,10 @@ class MemoryRecorder(NullRecorder):
         The ``clients.csv`` rows, in order.
     evaluations : list[dict[str, Any]]
         The ``metrics.csv`` rows, in order.
+    client_accuracy : list[dict[str, Any]]
+        The ``client_accuracy.csv`` rows, in order.
+    targets : list[dict[str, Any]]
+        The ``targets.csv`` rows, in order.
     versions : list[int]
         The model versions made.
     """
@@ -51,6 +61,8 @@ class MemoryRecorder(NullRecorder):
     def __init__(self) -> None:
         self.updates: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, Any]] = []
+        self.client_accuracy: list[dict[str, Any]] = []
+        self.targets: list[dict[str, Any]] = []
         self.versions: list[int] = []
 
     def on_update(self, row: dict[str, Any]) -> None:
@@ -60,6 +72,14 @@ class MemoryRecorder(NullRecorder):
     def on_evaluate(self, row: dict[str, Any]) -> None:
         """Keep the row."""
         self.evaluations.append(row)
+
+    def on_client_accuracy(self, rows: list[dict[str, Any]]) -> None:
+        """Keep the rows."""
+        self.client_accuracy.extend(rows)
+
+    def on_target(self, row: dict[str, Any]) -> None:
+        """Keep the row."""
+        self.targets.append(row)
 
     def on_model(self, version: int, get_arrays: Callable[[], ArrayRecord]) -> None:
         """Keep the version number."""

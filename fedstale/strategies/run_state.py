@@ -44,6 +44,7 @@ EVALUATOR_COUNTERS = {
     "_last_eval_version": "last_version",
     "_last_eval_updates": "last_updates",
     "_last_accuracy": "last_accuracy",
+    "_targets_reached": "reached",
 }
 """Saved ``counters`` kept by the evaluator (the others are the ledger's, ``_`` + name)."""
 
