@@ -63,6 +63,8 @@ class Evaluator:
         Model version and delivered-task count at the last row (-1: none yet).
     last_accuracy : float | None
         ``accuracy`` of the last centralized evaluation that reported one.
+    seconds : float
+        Wall seconds spent evaluating (centralized and federated) so far.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Evaluator:
         self.last_version = -1
         self.last_updates = -1
         self.last_accuracy: float | None = None
+        self.seconds = 0.0
 
     def due(self, version: int, num_rounds: int) -> bool:
         """Whether a new ``version`` is evaluated (every ``every``, and the last)."""
@@ -127,6 +130,7 @@ class Evaluator:
             ``row``.
         """
         version = row["version"]
+        started = time.perf_counter()
         if self.evaluate_fn is not None:
             metrics = self.evaluate_fn(version, arrays())
             if metrics is not None:
@@ -144,6 +148,7 @@ class Evaluator:
                 row["fed_loss"] = fed.get("loss", "")
         self.last_version = version
         self.last_updates = updates
+        self.seconds += time.perf_counter() - started
         return row
 
     @staticmethod

@@ -2,8 +2,8 @@
 
 :class:`EventLoop` is the base of :class:`~fedstale.strategies.base.AsyncStrategy`,
 whose :meth:`~fedstale.strategies.base.AsyncStrategy.start` runs the loop:
-dispatch, pump the transport, take the next due task from the clock,
-:meth:`EventLoop.process` it, and after a new version evaluate and offer a
+dispatch, take the next due task from the clock (pumping the transport when
+none is due), :meth:`EventLoop.process` it, and after a new version evaluate and offer a
 resume point. Each step is a few calls to the run's parts:
 
 - ``pool`` (:class:`~fedstale.strategies.pool.ClientPool`): who trains next;
@@ -30,6 +30,7 @@ parameters.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
@@ -42,6 +43,7 @@ from flwr.supercore import log
 
 from ..aggregation.vectors import ModelCodec
 from ..progress import format_evaluation, log_line
+from .batches import BatchRule
 from .courier import Courier
 from .dispatch import Dispatcher
 from .evaluator import Evaluator
@@ -190,6 +192,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.evaluator.evaluate_fn = evaluate_fn
         self._num_rounds_hint = num_rounds
         self.global_model = GlobalModel(initial_arrays)
+        started, started_at = time.monotonic(), time.time()
         self.placement = discover(
             grid,
             num_clients=self.num_clients,
@@ -198,11 +201,18 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             ttl=self.message_ttl,
             poll_interval=self.poll_interval,
         )
+        log_line(
+            "start-up: SuperNodes described and prepared in %.2fs from Unix time %.3f "
+            "(ClientApps preparing: %.2fs at most)",
+            time.monotonic() - started,
+            started_at,
+            max(self.placement.prepare_seconds.values(), default=0.0),
+        )
         self.pool.populate(self.placement.num_clients)
         self.fail_fast.reset(self.placement.num_clients)
         window = self.push_window if self.push_window else self.clock.default_push_window
         self.transport = Transport(
-            self.placement.nodes, self.max_inflight_per_node, window, self._timeout
+            self.placement.nodes, self.max_inflight_per_node, window, self._timeout, self._batch_rule()
         )
         self._wire()
         self.clock.start()
@@ -211,6 +221,16 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             self._evaluate(grid)
         else:
             self.load_run_state(resume)
+
+    def _batch_rule(self) -> BatchRule:
+        """How many tasks share a message, to the nodes that said they take batches."""
+        sizes = self.placement.num_examples.values()
+        return BatchRule(
+            self.tasks_per_message,
+            self.batch_seconds,
+            sorted(self.placement.batch_nodes),
+            default_examples=sum(sizes) / len(sizes) if sizes else 1.0,
+        )
 
     def _end(self, grid: Grid) -> Result:
         """Finish a run: a last row if anything happened since the last one."""
@@ -226,6 +246,14 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             self.clock.now,
             self.clock.wall_elapsed(),
             self._stop_reason or "version budget",
+        )
+        log_line(
+            "transport: %d training tasks in %d messages, the first at Unix time %.3f; "
+            "evaluation: %.2fs",
+            self.transport.tasks_pushed,
+            self.transport.messages_pushed,
+            self.transport.first_train_time or 0.0,
+            self.evaluator.seconds,
         )
         self.result.arrays = self.codec.unflatten(self.model)
         return self.result

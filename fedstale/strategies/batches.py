@@ -1,0 +1,154 @@
+"""Several TRAIN tasks per message: which tasks go together, and their replies.
+
+Flower's simulation engine hands each SuperNode one message per 0.1 s
+(``add_messages_to_queue`` in ``flwr/server/superlink/fleet/vce/vce_api.py``),
+so one task per message caps a node at ~10 tasks a second whatever the
+model. The transport therefore sends the tasks waiting for one SuperNode
+together, in one ``train.batch`` message (:mod:`fedstale.batching`), to
+nodes whose ClientApp accepts them (the ``prepare`` handshake); the reply is
+split back into one reply per task, and the loop delivers them in
+virtual-finish order exactly as if each had come alone.
+
+:class:`BatchRule` decides how many tasks a message carries
+(``comm.tasks_per_message``):
+
+- ``1``: one task per message, the plain ``train`` message (as for a
+  ClientApp that does not accept batches);
+- ``N`` ≥ 2: the node's waiting tasks, earliest virtual finish first, up to
+  ``N`` per message;
+- ``0`` (auto): the waiting tasks, earliest virtual finish first, as long as
+  the batch's estimated ClientApp compute stays within ``comm.batch_seconds``
+  (always at least one task). The estimate is a task's work (training-set
+  size × local epochs) times the ClientApp's seconds per unit of work,
+  measured in every batch reply (an exponential moving average). Until a
+  first reply is measured, batches hold one task.
+
+So a batch lasts about ``batch_seconds`` at most (default 0.25 s, 2.5 of the
+engine's 0.1 s feed intervals): long enough that the feed's wait is a small
+part of each message's round trip, short enough that the earliest-due task,
+always the first of its batch, is not held back for long by the ones after
+it; a task whose own work exceeds the budget goes alone. Which tasks share a
+message never changes what is trained or merged, only how fast: rows are
+identical for any batch size (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from flwr.app import Message, MessageType
+
+from ..batching import pack_tasks, task_replies
+
+if TYPE_CHECKING:
+    from .transport import Job
+
+SMOOTHING = 0.3
+"""Weight of the newest measurement in the moving average of seconds per unit of work."""
+
+
+class BatchRule:
+    """How many TRAIN tasks may share one message to a SuperNode.
+
+    Parameters
+    ----------
+    tasks_per_message : int (default: 1)
+        0: auto (within ``batch_seconds``); 1: one task per message; N: at most N.
+    batch_seconds : float (default: 0.25)
+        Auto mode: the ClientApp compute a batch is filled up to.
+    nodes : Sequence[int] (default: ())
+        The SuperNodes whose ClientApp accepts batches.
+    default_examples : float (default: 1.0)
+        Work of a task whose client's training-set size is unknown, in examples.
+    """
+
+    def __init__(
+        self,
+        tasks_per_message: int = 1,
+        batch_seconds: float = 0.25,
+        nodes: Sequence[int] = (),
+        default_examples: float = 1.0,
+    ) -> None:
+        if tasks_per_message < 0:
+            raise ValueError(f"tasks_per_message must be >= 0, got {tasks_per_message}")
+        self.tasks_per_message, self.batch_seconds = tasks_per_message, batch_seconds
+        self.nodes = frozenset(nodes) if tasks_per_message != 1 else frozenset()
+        self.default_examples = default_examples
+        self.seconds_per_work: float | None = None
+        """Measured ClientApp seconds per example·epoch (None until a batch reply)."""
+
+    def accepts(self, job: Job) -> bool:
+        """Whether ``job`` goes out in a batch message (a TRAIN task for a batch node)."""
+        message = job.message
+        return (
+            job.node_id in self.nodes
+            and message is not None
+            and message.metadata.message_type == MessageType.TRAIN
+        )
+
+    def work(self, job: Job) -> float:
+        """A task's work: training-set size × local epochs."""
+        examples = getattr(job, "num_examples", None) or self.default_examples
+        return float(examples) * float(getattr(job, "epochs", 1.0))
+
+    def fits(self, batch: Sequence[Job], job: Job) -> bool:
+        """Whether ``job`` may join ``batch`` (tasks already chosen for its node)."""
+        if self.tasks_per_message >= 2:
+            return len(batch) < self.tasks_per_message
+        if self.tasks_per_message == 1 or self.seconds_per_work is None:
+            return False
+        work = sum(self.work(j) for j in batch) + self.work(job)
+        return work * self.seconds_per_work <= self.batch_seconds
+
+    def observe(self, jobs: Sequence[Job], seconds: Sequence[float]) -> None:
+        """Learn from a batch reply: the ClientApp's ``seconds`` for each of ``jobs``."""
+        if len(seconds) != len(jobs) or not jobs:
+            return
+        work = sum(self.work(j) for j in jobs)
+        if work <= 0:
+            return
+        rate = sum(seconds) / work
+        previous = self.seconds_per_work
+        self.seconds_per_work = rate if previous is None else (
+            (1 - SMOOTHING) * previous + SMOOTHING * rate
+        )
+
+
+@dataclass
+class Batch:
+    """TRAIN tasks for one SuperNode sent as one ``train.batch`` message.
+
+    Pushed like a job (``message``, ``message_id``, ``pushed_wall``); each
+    task's ``message_id`` becomes ``<batch message id>/<position>``, the id
+    its split-off reply answers.
+    """
+
+    jobs: list[Job]
+    message: Message = field(init=False)
+    message_id: str | None = None
+    pushed_wall: float | None = None
+
+    def __post_init__(self) -> None:
+        self.message = pack_tasks([j.message for j in self.jobs])  # type: ignore[misc]
+
+    @property
+    def node_id(self) -> int:
+        """The SuperNode of the batch."""
+        return self.jobs[0].node_id
+
+    def pushed(self, message_id: str, wall: float) -> None:
+        """The batch went out as ``message_id``: name its tasks after it."""
+        self.message_id, self.pushed_wall = message_id, wall
+        for position, job in enumerate(self.jobs):
+            job.message_id, job.pushed_wall = f"{message_id}/{position}", wall
+
+    def split(self, reply: Message) -> list[tuple[Job, Message]]:
+        """Each task with its own reply, cut from the batch's ``reply``."""
+        replies = task_replies(
+            reply,
+            [j.message_id or "" for j in self.jobs],
+            [j.message.metadata.group_id for j in self.jobs],  # type: ignore[union-attr]
+        )
+        return list(zip(self.jobs, replies))
