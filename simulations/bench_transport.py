@@ -35,6 +35,14 @@ ClientApps loading, and fedstale's ClientApps preparing their clients'
 partitions, which they report). fedstale's share is the import, the build
 and the ClientApps' preparing.
 
+The floor. Flower's engine takes one message per SuperNode per scan, a scan
+every 0.1 s, and the virtual clock cannot merge a reply before every task
+that finishes earlier is back, so a run needs some number of scans however
+many tasks a message carries. The script counts them in process, on a grid
+that runs every waiting message at each pull (one scan, unlimited tasks per
+message), and prints scans x 0.1 s: the least the flwr-run loop can take on
+2 SuperNodes.
+
 Machine load (``os.getloadavg``) is printed before and after: these 2-core
 machines are shared, and the ratio moves with the load.
 
@@ -64,7 +72,7 @@ if str(REPO) not in sys.path:
 from fedstale.config import load_config  # noqa: E402
 from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS, WALL_COLUMNS  # noqa: E402
 from fedstale.simulation.launcher import LocalFederation, raise_if_failed  # noqa: E402
-from fedstale.simulation.local_grid import run_in_process  # noqa: E402
+from fedstale.simulation.local_grid import LocalGrid, run_in_process  # noqa: E402
 from fedstale.strategies import MemoryRecorder  # noqa: E402
 
 IMPORTED = re.compile(r"start-up: ServerApp imported in ([\d.]+)s, main\(\) entered at Unix time ([\d.]+)")
@@ -132,6 +140,32 @@ def in_process(config_path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         "metrics": reproducible(recorder.evaluations, METRICS_COLUMNS),
         "clients": reproducible(recorder.updates, CLIENT_COLUMNS),
     }
+
+
+class ScanGrid(LocalGrid):
+    """Runs every waiting message at each pull, as one scan of Flower's engine; counts the scans."""
+
+    scans = 0
+
+    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
+        """One scan: execute everything pending, return the replies asked for."""
+        if self._pending:
+            self.scans += 1
+            while self._pending:
+                self._execute(self._pending.pop(0))
+        wanted = set(message_ids)
+        return [self._replies.pop(i) for i in list(self._replies) if i in wanted]
+
+
+def scans_needed(config_path: Path, overrides: dict[str, Any], nodes: int) -> int:
+    """Engine scans the experiment needs with unlimited tasks per message (in process)."""
+    from fedstale.builders import build_strategy, run_strategy  # pylint: disable=import-outside-toplevel
+    from fedstale.client_app import app  # pylint: disable=import-outside-toplevel
+
+    config = load_config(config_path, {**overrides, "comm.tasks_per_message": 10**6})
+    grid = ScanGrid(app, num_nodes=nodes)
+    run_strategy(build_strategy(config), grid, config)
+    return grid.scans
 
 
 def through_flwr_run(
@@ -211,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
         say("in process ...")
         local = in_process(config_path, overrides)
         say(f"after in process: {load()}")
+        say("scans needed ...")
+        found = re.search(r"num-supernodes=(\d+)", args.federation_config or "")
+        nodes = int(found[1]) if found else 2
+        scans = scans_needed(config_path, overrides, nodes)
     finally:
         if args.keep:
             say(f"kept {work}")
@@ -228,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
     for name, seconds in flwr["start"].items():
         say(f"  {name:<46} {seconds:>6.2f}")
     say(f"  fedstale's share of the time to the first TRAIN  {flwr['fedstale_share']:>6.2f}")
+    say(f"floor of the flwr-run loop on {nodes} SuperNodes: {scans} engine scans x 0.1 s = {scans * 0.1:.1f} s "
+        f"({scans * 0.1 / local['loop']:.2f} x the in-process loop)")
     same = flwr["metrics"] == local["metrics"] and flwr["clients"] == local["clients"]
     say()
     say(f"rows identical (metrics.csv and clients.csv, wall-time columns aside): {'yes' if same else 'NO'}")

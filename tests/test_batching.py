@@ -136,8 +136,14 @@ def test_the_batch_rule():
     assert fixed.fits(tasks[:2], tasks[2]) and not fixed.fits(tasks[:3], tasks[3])
     assert not BatchRule(1, nodes=[11]).accepts(tasks[0])  # one task per message: plain messages
     auto = BatchRule(0, batch_seconds=0.5, nodes=[11])
-    assert not auto.fits(tasks[:1], tasks[1])  # nothing measured yet: one task per batch
-    auto.observe(tasks[:2], [0.2, 0.2])  # 0.4 s for 2 x 10 examples x 2 epochs
+    assert not auto.fits(tasks[:1], tasks[1])  # nothing measured yet: one task per message
+    auto.observe_round_trip(tasks[0], 0.6)  # a single task's push-to-reply: 0.03 s per example-epoch
+    assert auto.seconds_per_work == pytest.approx(0.03) and not auto.fits(tasks[:1], tasks[1])
+    auto.observe_round_trip(tasks[0], 0.2)
+    assert auto.seconds_per_work == pytest.approx(0.7 * 0.03 + 0.3 * 0.01)
+    auto.observe(tasks[:2], [0.2, 0.2])  # the first batch reply replaces round trips: 0.4 s for 2 x 20
+    assert auto.seconds_per_work == pytest.approx(0.01)
+    auto.observe_round_trip(tasks[0], 5.0)  # round trips no longer count
     assert auto.seconds_per_work == pytest.approx(0.01)
     assert auto.work(tasks[0]) == 20.0 and auto.fits(tasks[:1], tasks[1]) and not auto.fits(tasks[:2], tasks[2])
     auto.observe(tasks[:1], [0.1])  # 0.005 s per unit: the average moves by 30%
@@ -165,6 +171,7 @@ class RecordingGrid:
 
 def test_a_free_node_gets_its_waiting_tasks_in_one_message_earliest_finish_first():
     transport = Transport([11, 22], max_per_node=1, window=None, timeout=60.0, batching=BatchRule(3, nodes=[11]))
+    assert transport.batching.hold == 0.0  # holds are for Flower's simulation engine (below)
     # tasks 0 and 3 for node 22, the others for node 11
     tasks = [_task(i, 11 if i % 3 else 22, finish) for i, finish in enumerate([5.0, 4.0, 1.0, 2.0, 3.0, 0.5])]
     for task in tasks:
@@ -190,7 +197,47 @@ def test_a_free_node_gets_its_waiting_tasks_in_one_message_earliest_finish_first
     assert [dict(r.content["metrics"])["num-examples"] for _, r in pulled] == [0, 1, 2]
     grid.pull_messages = lambda ids: []
     transport.push(grid)
-    assert [int(t.content["config"]["task-id"]) for t in task_messages(_pushed(grid.pushed[-1], "m3"))] == [1]
+    assert grid.pushed[-1] is tasks[1].message  # a message with one task is the plain TRAIN message
+
+
+def test_on_the_simulation_engine_a_free_node_waits_for_other_replies_within_the_hold(monkeypatch):
+    """A batch node that just answered waits for the replies still in flight,
+    at most ``hold`` after its previous push, so their new tasks can join it."""
+    now = [100.0]
+    monkeypatch.setattr("fedstale.strategies.transport.time.monotonic", lambda: now[0])
+    transport = Transport([11, 22], max_per_node=1, window=None, timeout=60.0,
+                          batching=BatchRule(4, nodes=[11, 22], hold=0.075))
+    grid = RecordingGrid()
+    first = [_task(0, 11, 1.0), _task(1, 22, 2.0)]
+    for task in first:
+        transport.enqueue(task)
+    transport.push(grid)
+    reply = Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}), reply_to=_pushed(first[0].message, "m1"))
+    grid.pull_messages = lambda ids: [reply] if "m1" in ids else []
+    now[0] += 0.02
+    transport.pull(grid)  # node 11 answered, node 22's reply is still due
+    grid.pull_messages = lambda ids: []
+    transport.enqueue(_task(2, 11, 3.0))
+    assert transport.push(grid) == [] and len(grid.pushed) == 2  # held
+    transport.enqueue(_task(3, 11, 4.0))
+    now[0] += 0.054  # 0.074 s after node 11's push: still held
+    transport.push(grid)
+    assert len(grid.pushed) == 2
+    now[0] += 0.002  # past the hold: both go, in one message
+    transport.push(grid)
+    assert len(grid.pushed) == 3
+    assert [int(t.content["config"]["task-id"]) for t in task_messages(_pushed(grid.pushed[-1], "m3"))] == [2, 3]
+    # with no other reply due, nothing can join: no hold
+    alone = Transport([11], max_per_node=1, window=None, timeout=60.0, batching=BatchRule(4, nodes=[11], hold=0.075))
+    task = _task(5, 11, 1.0)
+    alone.enqueue(task)
+    alone.push(grid)
+    reply = Message(RecordDict(), reply_to=_pushed(task.message, task.message_id))
+    grid.pull_messages = lambda ids: [reply]
+    alone.pull(grid)
+    alone.enqueue(_task(6, 11, 2.0))
+    alone.push(grid)
+    assert grid.pushed[-1].content["config"]["task-id"] == 6
 
 
 def test_a_batch_that_cannot_be_pushed_or_times_out_fails_each_of_its_tasks(monkeypatch):

@@ -20,8 +20,27 @@ virtual-finish order exactly as if each had come alone.
   the batch's estimated ClientApp compute stays within ``comm.batch_seconds``
   (always at least one task). The estimate is a task's work (training-set
   size × local epochs) times the ClientApp's seconds per unit of work,
-  measured in every batch reply (an exponential moving average). Until a
-  first reply is measured, batches hold one task.
+  measured in every batch reply (an exponential moving average). Before the
+  first batch reply it is taken from the round trips of single tasks (push
+  to reply, an upper bound of their compute); before any reply, a message
+  holds one task.
+
+A message with one task is the plain ``train`` message, whatever the rule,
+so a deployment with one client per SuperNode sees exactly the messages it
+saw before batches existed (and in deployment, where a round trip takes
+seconds, auto mode rarely batches: set ``comm.tasks_per_message`` to batch
+there).
+
+On Flower's simulation engine (the ServerApp's Grid is its ``InMemoryGrid``)
+the transport also **holds** a node that has just answered for a moment
+before sending it its next batch, while other messages are in flight: their
+replies dispatch more tasks, which then join the batch. The hold ends at the
+latest :data:`FEED_HOLD` after the node's previous message was pushed. That
+message was taken by the engine at a scan after its push, so the next scan
+comes more than :data:`FEED_INTERVAL` after the push: a batch pushed within
+:data:`FEED_HOLD` of it is taken at that next scan, as it would have been
+without holding. Holding therefore never delays a task, it only fills the
+message the engine takes anyway (the margin covers the loop's own latency).
 
 So a batch lasts about ``batch_seconds`` at most (default 0.25 s, 2.5 of the
 engine's 0.1 s feed intervals): long enough that the feed's wait is a small
@@ -48,6 +67,21 @@ if TYPE_CHECKING:
 SMOOTHING = 0.3
 """Weight of the newest measurement in the moving average of seconds per unit of work."""
 
+FEED_INTERVAL = 0.1
+"""Seconds Flower's simulation engine waits between two scans of the nodes' messages."""
+
+FEED_HOLD = 0.75 * FEED_INTERVAL
+"""Longest hold of a free node's next batch after its previous push, on the simulation engine."""
+
+
+def feed_hold(grid: object) -> float:
+    """:data:`FEED_HOLD` if ``grid`` is Flower's simulation engine (its ``InMemoryGrid``), else 0."""
+    try:
+        from flwr.superlink.grid import InMemoryGrid  # pylint: disable=import-outside-toplevel
+    except ImportError:  # pragma: no cover - another Flower version
+        return 0.0
+    return FEED_HOLD if isinstance(grid, InMemoryGrid) else 0.0
+
 
 class BatchRule:
     """How many TRAIN tasks may share one message to a SuperNode.
@@ -62,6 +96,10 @@ class BatchRule:
         The SuperNodes whose ClientApp accepts batches.
     default_examples : float (default: 1.0)
         Work of a task whose client's training-set size is unknown, in examples.
+    hold : float (default: 0.0)
+        Wall seconds after a push to a batch node during which its next
+        message may wait for other replies (:data:`FEED_HOLD` on Flower's
+        simulation engine; 0: never wait).
     """
 
     def __init__(
@@ -70,14 +108,18 @@ class BatchRule:
         batch_seconds: float = 0.25,
         nodes: Sequence[int] = (),
         default_examples: float = 1.0,
+        hold: float = 0.0,
     ) -> None:
         if tasks_per_message < 0:
             raise ValueError(f"tasks_per_message must be >= 0, got {tasks_per_message}")
         self.tasks_per_message, self.batch_seconds = tasks_per_message, batch_seconds
         self.nodes = frozenset(nodes) if tasks_per_message != 1 else frozenset()
         self.default_examples = default_examples
+        self.hold = hold if self.nodes else 0.0
         self.seconds_per_work: float | None = None
-        """Measured ClientApp seconds per example·epoch (None until a batch reply)."""
+        """Estimated ClientApp seconds per example·epoch (None until a reply)."""
+        self.from_batches = False
+        """Whether the estimate comes from batch replies (else from round trips)."""
 
     def accepts(self, job: Job) -> bool:
         """Whether ``job`` goes out in a batch message (a TRAIN task for a batch node)."""
@@ -109,9 +151,19 @@ class BatchRule:
         work = sum(self.work(j) for j in jobs)
         if work <= 0:
             return
-        rate = sum(seconds) / work
+        self._update(sum(seconds) / work, fresh=not self.from_batches)
+        self.from_batches = True
+
+    def observe_round_trip(self, job: Job, seconds: float) -> None:
+        """Learn from a single task's round trip (push to reply), until a batch reply is in."""
+        work = self.work(job)
+        if self.from_batches or work <= 0 or seconds <= 0:
+            return
+        self._update(seconds / work, fresh=False)
+
+    def _update(self, rate: float, *, fresh: bool) -> None:
         previous = self.seconds_per_work
-        self.seconds_per_work = rate if previous is None else (
+        self.seconds_per_work = rate if previous is None or fresh else (
             (1 - SMOOTHING) * previous + SMOOTHING * rate
         )
 

@@ -43,7 +43,7 @@ from flwr.supercore import log
 
 from ..aggregation.vectors import ModelCodec
 from ..progress import format_evaluation, log_line
-from .batches import BatchRule
+from .batches import BatchRule, feed_hold
 from .courier import Courier
 from .dispatch import Dispatcher
 from .evaluator import Evaluator
@@ -212,7 +212,11 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.fail_fast.reset(self.placement.num_clients)
         window = self.push_window if self.push_window else self.clock.default_push_window
         self.transport = Transport(
-            self.placement.nodes, self.max_inflight_per_node, window, self._timeout, self._batch_rule()
+            self.placement.nodes,
+            self.max_inflight_per_node,
+            window,
+            self._timeout,
+            self._batch_rule(grid),
         )
         self._wire()
         self.clock.start()
@@ -222,7 +226,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         else:
             self.load_run_state(resume)
 
-    def _batch_rule(self) -> BatchRule:
+    def _batch_rule(self, grid: Grid) -> BatchRule:
         """How many tasks share a message, to the nodes that said they take batches."""
         sizes = self.placement.num_examples.values()
         return BatchRule(
@@ -230,6 +234,7 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             self.batch_seconds,
             sorted(self.placement.batch_nodes),
             default_examples=sum(sizes) / len(sizes) if sizes else 1.0,
+            hold=feed_hold(grid),
         )
 
     def _end(self, grid: Grid) -> Result:

@@ -89,6 +89,7 @@ class Transport:
         self._waiting: list[Job] = []
         self._pushed: dict[str, Job | Batch] = {}
         self.messages_pushed = self.tasks_pushed = 0
+        self._held_until: dict[int, float] = {}
         self.first_train_time: float | None = None
 
     @property
@@ -105,9 +106,7 @@ class Transport:
         groups = self._choose()
         if not groups:
             return []
-        outgoing: list[Job | Batch] = [
-            Batch(group) if self.batching.accepts(group[0]) else group[0] for group in groups
-        ]
+        outgoing: list[Job | Batch] = [Batch(group) if len(group) > 1 else group[0] for group in groups]
         ids = list(grid.push_messages([o.message for o in outgoing]))  # type: ignore[misc]
         now = time.monotonic()
         rejected = []
@@ -123,6 +122,8 @@ class Transport:
             else:
                 entry.message_id, entry.pushed_wall = message_id, now
             self._pushed[message_id] = entry
+            if self.batching.hold and self.batching.accepts(group[0]):
+                self._held_until[group[0].node_id] = now + self.batching.hold
             self.messages_pushed += 1
             self.tasks_pushed += sum(1 for job in group if job.task_id >= 0)
             if self.first_train_time is None and self.tasks_pushed:
@@ -132,19 +133,25 @@ class Transport:
     def _choose(self) -> list[list[Job]]:
         """The waiting jobs to push now, grouped by message, in ``(earliest_finish, task_id)`` order.
 
-        A job opens a new message when the window and its node's limit allow;
-        a TRAIN task joins the last message opened for its node in this push
+        A job opens a new message when the window and its node's limit allow
+        and its node is not held (a batch node within the batch rule's
+        ``hold`` of its last push, while other messages are in flight); a
+        TRAIN task joins the last message opened for its node in this push
         while the batch rule lets it.
         """
         self._waiting.sort(key=lambda j: (j.earliest_finish, j.task_id))
         room = len(self._waiting) if self.window is None else self.window - len(self._pushed)
+        now, replies_due = time.monotonic(), bool(self._pushed)
         groups: list[list[Job]] = []
         open_batch: dict[int, list[Job]] = {}
         kept = []
         for job in self._waiting:
             batch = open_batch.get(job.node_id)
+            held = replies_due and now < self._held_until.get(job.node_id, 0.0)
             if batch is not None and self.batching.fits(batch, job):
                 batch.append(job)
+            elif held and self.batching.accepts(job):
+                kept.append(job)
             elif len(groups) < room and self._load[job.node_id] < self.max_per_node:
                 groups.append([job])
                 self._load[job.node_id] += 1
@@ -171,6 +178,8 @@ class Transport:
                 self.batching.observe(entry.jobs, task_seconds(reply))
                 answered.extend(entry.split(reply))
             else:
+                if self.batching.accepts(entry) and entry.pushed_wall is not None:
+                    self.batching.observe_round_trip(entry, time.monotonic() - entry.pushed_wall)
                 answered.append((entry, reply))
         return answered
 
