@@ -24,8 +24,10 @@ The batch reply
     Task ``i``'s reply content (after the ClientApp's mods) under
     ``"<i>.<name>"``; the :data:`BATCH_RECORD` ConfigRecord holds ``size``,
     ``error-code`` and ``error-reason`` per task (-1 and "" when the task
-    did not fail) and ``seconds``, the wall seconds the ClientApp spent on
-    each task (the server sizes later batches with them).
+    did not fail), ``seconds``, the wall seconds the ClientApp spent on
+    each task (the server sizes later batches with them), and
+    ``delivered-at``, the batch message's ``metadata.delivered_at`` as the
+    ClientApp saw it (when Flower's engine handed it over; "" if unset).
 
 Everything is built from Flower's own Message, RecordDict, ArrayRecord and
 ConfigRecord; the per-task messages on either side are ordinary Flower
@@ -36,6 +38,7 @@ loop see exactly what they would see for a task sent alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from flwr.app import (
     ArrayRecord,
@@ -152,6 +155,7 @@ def pack_replies(batch: Message, replies: Sequence[Message], seconds: Sequence[f
             "error-code": codes,
             "error-reason": reasons,
             "seconds": [float(s) for s in seconds],
+            "delivered-at": str(batch.metadata.delivered_at or ""),
         }
     )
     return Message(content, reply_to=batch)
@@ -198,3 +202,14 @@ def task_seconds(reply: Message) -> list[float]:
         return []
     info = reply.content[BATCH_RECORD]
     return [float(s) for s in info.get("seconds", [])]  # type: ignore[union-attr]
+
+
+def delivered_at(reply: Message) -> float | None:
+    """Unix time at which the engine handed the batch to the ClientApp (None if unknown)."""
+    if reply.has_error() or BATCH_RECORD not in reply.content:
+        return None
+    text = str(reply.content[BATCH_RECORD].get("delivered-at", ""))
+    try:
+        return datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None

@@ -35,12 +35,15 @@ On Flower's simulation engine (the ServerApp's Grid is its ``InMemoryGrid``)
 the transport also **holds** a node that has just answered for a moment
 before sending it its next batch, while other messages are in flight: their
 replies dispatch more tasks, which then join the batch. The hold ends at the
-latest :data:`FEED_HOLD` after the node's previous message was pushed. That
-message was taken by the engine at a scan after its push, so the next scan
-comes more than :data:`FEED_INTERVAL` after the push: a batch pushed within
-:data:`FEED_HOLD` of it is taken at that next scan, as it would have been
-without holding. Holding therefore never delays a task, it only fills the
-message the engine takes anyway (the margin covers the loop's own latency).
+latest :data:`FEED_HOLD` after the scan that took the node's previous
+message: the engine scans every :data:`FEED_INTERVAL`, so a batch pushed
+before then is taken at the next scan, as it would have been without
+holding. Holding therefore never delays a task, it only fills the message
+the engine takes anyway (the margin, :data:`FEED_INTERVAL` −
+:data:`FEED_HOLD`, covers the loop's own latency). The scan's time is the
+message's ``metadata.delivered_at``, which the ClientApp echoes in a batch
+reply; after a single-task message, whose scan is not known, the hold ends
+:data:`FEED_HOLD` after its push (the scan came after the push).
 
 So a batch lasts about ``batch_seconds`` at most (default 0.25 s, 2.5 of the
 engine's 0.1 s feed intervals): long enough that the feed's wait is a small

@@ -34,7 +34,7 @@ from typing import Protocol
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from ..batching import task_seconds
+from ..batching import delivered_at, task_seconds
 from .batches import Batch, BatchRule
 
 
@@ -176,12 +176,19 @@ class Transport:
             self._load[entry.node_id] -= 1
             if isinstance(entry, Batch):
                 self.batching.observe(entry.jobs, task_seconds(reply))
+                self._hold_after_scan(entry.node_id, delivered_at(reply))
                 answered.extend(entry.split(reply))
             else:
                 if self.batching.accepts(entry) and entry.pushed_wall is not None:
                     self.batching.observe_round_trip(entry, time.monotonic() - entry.pushed_wall)
                 answered.append((entry, reply))
         return answered
+
+    def _hold_after_scan(self, node: int, scanned: float | None) -> None:
+        """Hold ``node`` until ``hold`` after the engine's scan at Unix time ``scanned``."""
+        if self.batching.hold and scanned is not None:
+            left = scanned + self.batching.hold - time.time()
+            self._held_until[node] = time.monotonic() + left
 
     def expire(self) -> list[Job]:
         """Pushed jobs older than ``timeout``; they are forgotten (a late reply is ignored)."""
