@@ -77,7 +77,7 @@ from fedstale.strategies import MemoryRecorder  # noqa: E402
 
 IMPORTED = re.compile(r"start-up: ServerApp imported in ([\d.]+)s, main\(\) entered at Unix time ([\d.]+)")
 QUERIED = re.compile(
-    r"start-up: SuperNodes described and prepared in ([\d.]+)s from Unix time ([\d.]+) "
+    r"start-up: SuperNodes found, described and prepared in ([\d.]+)s from Unix time ([\d.]+) "
     r"\(ClientApps preparing: ([\d.]+)s at most\)"
 )
 TRANSPORT = re.compile(

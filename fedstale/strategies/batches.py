@@ -65,6 +65,7 @@ from flwr.app import Message, MessageType
 from ..batching import pack_tasks, task_replies
 
 if TYPE_CHECKING:
+    from .placement import Placement
     from .transport import Job
 
 SMOOTHING = 0.3
@@ -169,6 +170,20 @@ class BatchRule:
         self.seconds_per_work = rate if previous is None or fresh else (
             (1 - SMOOTHING) * previous + SMOOTHING * rate
         )
+
+
+def batch_rule(
+    placement: Placement, tasks_per_message: int, batch_seconds: float, grid: object
+) -> BatchRule:
+    """The run's rule: batches to the nodes that said they take them, holds on the simulation engine."""
+    sizes = placement.num_examples.values()
+    return BatchRule(
+        tasks_per_message,
+        batch_seconds,
+        sorted(placement.batch_nodes),
+        default_examples=sum(sizes) / len(sizes) if sizes else 1.0,
+        hold=feed_hold(grid),
+    )
 
 
 @dataclass

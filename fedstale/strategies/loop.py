@@ -30,7 +30,6 @@ parameters.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
@@ -43,7 +42,7 @@ from flwr.supercore import log
 
 from ..aggregation.vectors import ModelCodec
 from ..progress import format_evaluation, log_line
-from .batches import BatchRule, feed_hold
+from .batches import batch_rule
 from .courier import Courier
 from .dispatch import Dispatcher
 from .evaluator import Evaluator
@@ -192,7 +191,6 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.evaluator.evaluate_fn = evaluate_fn
         self._num_rounds_hint = num_rounds
         self.global_model = GlobalModel(initial_arrays)
-        started, started_at = time.monotonic(), time.time()
         self.placement = discover(
             grid,
             num_clients=self.num_clients,
@@ -201,23 +199,11 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             ttl=self.message_ttl,
             poll_interval=self.poll_interval,
         )
-        log_line(
-            "start-up: SuperNodes described and prepared in %.2fs from Unix time %.3f "
-            "(ClientApps preparing: %.2fs at most)",
-            time.monotonic() - started,
-            started_at,
-            max(self.placement.prepare_seconds.values(), default=0.0),
-        )
         self.pool.populate(self.placement.num_clients)
         self.fail_fast.reset(self.placement.num_clients)
         window = self.push_window if self.push_window else self.clock.default_push_window
-        self.transport = Transport(
-            self.placement.nodes,
-            self.max_inflight_per_node,
-            window,
-            self._timeout,
-            self._batch_rule(grid),
-        )
+        rule = batch_rule(self.placement, self.tasks_per_message, self.batch_seconds, grid)
+        self.transport = Transport(self.placement.nodes, self.max_inflight_per_node, window, self._timeout, rule)
         self._wire()
         self.clock.start()
         self.result = Result(arrays=initial_arrays)
@@ -225,17 +211,6 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             self._evaluate(grid)
         else:
             self.load_run_state(resume)
-
-    def _batch_rule(self, grid: Grid) -> BatchRule:
-        """How many tasks share a message, to the nodes that said they take batches."""
-        sizes = self.placement.num_examples.values()
-        return BatchRule(
-            self.tasks_per_message,
-            self.batch_seconds,
-            sorted(self.placement.batch_nodes),
-            default_examples=sum(sizes) / len(sizes) if sizes else 1.0,
-            hold=feed_hold(grid),
-        )
 
     def _end(self, grid: Grid) -> Result:
         """Finish a run: a last row if anything happened since the last one."""

@@ -122,6 +122,7 @@ def discover(  # pylint: disable=too-many-arguments
     Placement
         The run's client → node map.
     """
+    started, started_at = time.monotonic(), time.time()
     node_ids = wait_for_nodes(grid, timeout)
     ask = {"timeout": timeout, "ttl": ttl, "poll_interval": poll_interval}
     described = query(grid, {n: ConfigRecord({ACTION_KEY: "describe"}) for n in node_ids}, **ask)
@@ -150,6 +151,13 @@ def discover(  # pylint: disable=too-many-arguments
         sizes = reply.get("num-examples", [])
         for client_id, size in zip(ids, sizes):  # type: ignore[arg-type]
             placement.num_examples[int(client_id)] = int(size)
+    log_line(
+        "start-up: SuperNodes found, described and prepared in %.2fs from Unix time %.3f "
+        "(ClientApps preparing: %.2fs at most)",
+        time.monotonic() - started,
+        started_at,
+        max(placement.prepare_seconds.values(), default=0.0),
+    )
     log_line(
         "%d clients on %d SuperNodes; training-set sizes known for %d; %d nodes take batches",
         placement.num_clients,
