@@ -213,3 +213,13 @@ def delivered_at(reply: Message) -> float | None:
         return datetime.fromisoformat(text).timestamp() if text else None
     except ValueError:
         return None
+
+
+def fit_seconds(reply: Message) -> float | None:
+    """The ``fit-seconds`` metric of a single task's TRAIN reply (the bridge reports it), if any."""
+    if reply.has_error():
+        return None
+    for record in reply.content.metric_records.values():
+        if "fit-seconds" in record:
+            return float(record["fit-seconds"])  # type: ignore[arg-type]
+    return None

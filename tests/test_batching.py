@@ -141,8 +141,8 @@ def test_the_batch_rule():
     assert auto.seconds_per_work == pytest.approx(0.03) and not auto.fits(tasks[:1], tasks[1])
     auto.observe_round_trip(tasks[0], 0.2)
     assert auto.seconds_per_work == pytest.approx(0.7 * 0.03 + 0.3 * 0.01)
-    auto.observe(tasks[:2], [0.2, 0.2])  # the first batch reply replaces round trips: 0.4 s for 2 x 20
-    assert auto.seconds_per_work == pytest.approx(0.01)
+    auto.observe(tasks[:2], [0.2, 0.2])  # the ClientApp's timings replace round trips: 0.4 s for 2 x 20
+    assert auto.seconds_per_work == pytest.approx(0.01) and auto.measured
     auto.observe_round_trip(tasks[0], 5.0)  # round trips no longer count
     assert auto.seconds_per_work == pytest.approx(0.01)
     assert auto.work(tasks[0]) == 20.0 and auto.fits(tasks[:1], tasks[1]) and not auto.fits(tasks[:2], tasks[2])
@@ -238,6 +238,20 @@ def test_on_the_simulation_engine_a_free_node_waits_for_other_replies_within_the
     alone.enqueue(_task(6, 11, 2.0))
     alone.push(grid)
     assert grid.pushed[-1].content["config"]["task-id"] == 6
+
+
+def test_a_single_tasks_reply_teaches_the_auto_rule_its_fit_seconds():
+    transport = Transport([11], max_per_node=1, window=None, timeout=60.0, batching=BatchRule(0, nodes=[11]))
+    task = _task(0, 11, 1.0)  # 10 examples x 2 epochs
+    transport.enqueue(task)
+    grid = RecordingGrid()
+    transport.push(grid)
+    assert grid.pushed[0] is task.message  # nothing measured: one task, the plain message
+    reply = Message(RecordDict({"metrics": MetricRecord({"num-examples": 10, "fit-seconds": 0.2})}),
+                    reply_to=_pushed(task.message, task.message_id))
+    grid.pull_messages = lambda ids: [reply]
+    transport.pull(grid)
+    assert transport.batching.measured and transport.batching.seconds_per_work == pytest.approx(0.01)
 
 
 def test_a_batch_that_cannot_be_pushed_or_times_out_fails_each_of_its_tasks(monkeypatch):

@@ -19,17 +19,16 @@ virtual-finish order exactly as if each had come alone.
 - ``0`` (auto): the waiting tasks, earliest virtual finish first, as long as
   the batch's estimated ClientApp compute stays within ``comm.batch_seconds``
   (always at least one task). The estimate is a task's work (training-set
-  size × local epochs) times the ClientApp's seconds per unit of work,
-  measured in every batch reply (an exponential moving average). Before the
-  first batch reply it is taken from the round trips of single tasks (push
-  to reply, an upper bound of their compute); before any reply, a message
-  holds one task.
+  size × local epochs) times the ClientApp's seconds per unit of work, as
+  measured in every batch reply and in the ``fit-seconds`` metric of a
+  single task's reply (an exponential moving average). For a ClientApp that
+  reports neither, the round trips of single tasks (push to reply, an upper
+  bound of their compute) stand in; before any reply, a message holds one
+  task.
 
 A message with one task is the plain ``train`` message, whatever the rule,
 so a deployment with one client per SuperNode sees exactly the messages it
-saw before batches existed (and in deployment, where a round trip takes
-seconds, auto mode rarely batches: set ``comm.tasks_per_message`` to batch
-there).
+saw before batches existed.
 
 On Flower's simulation engine (the ServerApp's Grid is its ``InMemoryGrid``)
 the transport also **holds** a node that has just answered for a moment
@@ -122,8 +121,8 @@ class BatchRule:
         self.hold = hold if self.nodes else 0.0
         self.seconds_per_work: float | None = None
         """Estimated ClientApp seconds per example·epoch (None until a reply)."""
-        self.from_batches = False
-        """Whether the estimate comes from batch replies (else from round trips)."""
+        self.measured = False
+        """Whether the estimate comes from the ClientApp's own timings (else from round trips)."""
 
     def accepts(self, job: Job) -> bool:
         """Whether ``job`` goes out in a batch message (a TRAIN task for a batch node)."""
@@ -149,19 +148,19 @@ class BatchRule:
         return work * self.seconds_per_work <= self.batch_seconds
 
     def observe(self, jobs: Sequence[Job], seconds: Sequence[float]) -> None:
-        """Learn from a batch reply: the ClientApp's ``seconds`` for each of ``jobs``."""
+        """Learn from the ClientApp's ``seconds`` for each of ``jobs`` (a batch reply, a ``fit-seconds``)."""
         if len(seconds) != len(jobs) or not jobs:
             return
         work = sum(self.work(j) for j in jobs)
         if work <= 0:
             return
-        self._update(sum(seconds) / work, fresh=not self.from_batches)
-        self.from_batches = True
+        self._update(sum(seconds) / work, fresh=not self.measured)
+        self.measured = True
 
     def observe_round_trip(self, job: Job, seconds: float) -> None:
-        """Learn from a single task's round trip (push to reply), until a batch reply is in."""
+        """Learn from a single task's round trip (push to reply), until the ClientApp's timings are in."""
         work = self.work(job)
-        if self.from_batches or work <= 0 or seconds <= 0:
+        if self.measured or work <= 0 or seconds <= 0:
             return
         self._update(seconds / work, fresh=False)
 

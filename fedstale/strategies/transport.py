@@ -34,7 +34,7 @@ from typing import Protocol
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from ..batching import delivered_at, task_seconds
+from ..batching import delivered_at, fit_seconds, task_seconds
 from .batches import Batch, BatchRule
 
 
@@ -179,10 +179,18 @@ class Transport:
                 self._hold_after_scan(entry.node_id, delivered_at(reply))
                 answered.extend(entry.split(reply))
             else:
-                if self.batching.accepts(entry) and entry.pushed_wall is not None:
-                    self.batching.observe_round_trip(entry, time.monotonic() - entry.pushed_wall)
+                if self.batching.accepts(entry):
+                    self._observe_single(entry, reply)
                 answered.append((entry, reply))
         return answered
+
+    def _observe_single(self, job: Job, reply: Message) -> None:
+        """Teach the batch rule a single task's compute: its ``fit-seconds``, else its round trip."""
+        fit = fit_seconds(reply)
+        if fit is not None:
+            self.batching.observe([job], [fit])
+        elif job.pushed_wall is not None:
+            self.batching.observe_round_trip(job, time.monotonic() - job.pushed_wall)
 
     def _hold_after_scan(self, node: int, scanned: float | None) -> None:
         """Hold ``node`` until ``hold`` after the engine's scan at Unix time ``scanned``."""
