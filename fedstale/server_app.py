@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+IMPORT_STARTED = time.time()
+"""Unix time at which this module (and with it fedstale and torch) began to load."""
+
+# pylint: disable=wrong-import-position
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +115,12 @@ def run_experiment(grid: Grid, config: Config, config_path: Path) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run``."""
+    entered = time.time()
+    log_line(
+        "start-up: ServerApp imported in %.2fs, main() entered at Unix time %.3f",
+        entered - IMPORT_STARTED,
+        entered,
+    )
     try:
         config, path = config_from_run(context.run_config, grid.run.override_config)
         run_experiment(fast_pulls(grid), config, path)

@@ -17,6 +17,7 @@ the worst value of each check over the seeds, its bound, and the margin between 
 from __future__ import annotations
 
 import csv
+import re
 import threading
 import time
 from pathlib import Path
@@ -145,6 +146,32 @@ def test_same_rows_with_two_parallel_ray_workers(federation, default_run):
     _, _, recorder = run(config(stop__num_updates=VERSIONS))
     in_process = [float(r["accuracy"]) for r in recorder.evaluations]
     assert [float(r["accuracy"]) for r in _rows(first / "metrics.csv")] == pytest.approx(in_process, abs=1e-9)
+
+
+def test_same_rows_with_one_or_several_tasks_per_message(federation):
+    """Through Flower's engine, one task per message and up to 4: the same
+    rows in every column but wall time, on the compression config, whose
+    error-feedback residuals live in the SuperNodes' Contexts and so shape
+    every later update; the batches did form."""
+    fed, work = federation
+    runs = {}
+    for tasks in (1, 4):
+        out = work / f"tasks-per-message-{tasks}"
+        values = {
+            "config": "configs/compression.yaml", "stop.num_updates": 20, "output.plots": False,
+            "comm.tasks_per_message": tasks, "run.output_dir": str(out),
+        }
+        proc = fed.run(ROOT, values, check=True)
+        counts = re.search(r"transport: (\d+) training tasks in (\d+) messages", proc.stdout)
+        assert counts, proc.stdout[-2000:]
+        runs[tasks] = (out / "compression", int(counts[1]), int(counts[2]))
+    (one, tasks_1, messages_1), (four, tasks_4, messages_4) = runs[1], runs[4]
+    assert tasks_1 == messages_1 >= 100
+    assert messages_4 < tasks_4
+    for name in ("metrics.csv", "clients.csv"):
+        a, b = _rows(one / name), _rows(four / name)
+        assert len(a) == len(b) > 0
+        assert _reproducible(a, drop=frozenset(WALL_COLUMNS)) == _reproducible(b, drop=frozenset(WALL_COLUMNS))
 
 
 def _kill_serverapp(fed: LocalFederation) -> list[int]:

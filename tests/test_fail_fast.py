@@ -140,6 +140,10 @@ def test_zero_turns_the_check_off():
 # In the event loop
 # ----------------------------------------------------------------------
 
+# These ClientApps raise or answer errors per message, so each run sends
+# one task per message (tests/test_batching.py has failures inside batches).
+ONE_TASK_PER_MESSAGE = {"comm__tasks_per_message": 1}
+
 
 def _raising_app(message, context):
     if message.metadata.message_type == "train":
@@ -150,7 +154,7 @@ def _raising_app(message, context):
 def test_every_client_raising_the_same_error_stops_the_run_with_it():
     """20 clients, C = 10, max_retries 2: without the check 60 failed tasks and
     0 versions; with it the run stops after the first 3 clients' failures."""
-    cfg = config(stop__num_updates=20)
+    cfg = config(stop__num_updates=20, **ONE_TASK_PER_MESSAGE)
     recorder = MemoryRecorder()
     strategy = build_strategy(cfg, recorder)
     with pytest.raises(RunAborted) as caught:
@@ -170,7 +174,7 @@ def test_every_client_raising_the_same_error_stops_the_run_with_it():
 
 
 def test_fail_fast_zero_drains_the_clients_as_before():
-    cfg = config(data__num_clients=4, strategy__concurrency=2, stop__num_updates=5, comm__fail_fast=0)
+    cfg = config(data__num_clients=4, strategy__concurrency=2, stop__num_updates=5, comm__fail_fast=0, **ONE_TASK_PER_MESSAGE)
     recorder = MemoryRecorder()
     strategy = build_strategy(cfg, recorder)
     run_strategy(strategy, LocalGrid(_raising_app, num_nodes=2), cfg)
@@ -186,7 +190,7 @@ def test_errors_that_name_their_client_are_not_one_error():
             raise RuntimeError(f"disk of client {message.content['config']['client-id']} is full")
         return fedstale_client_app(message, context)
 
-    cfg = config(data__num_clients=4, strategy__concurrency=2, stop__num_updates=5)
+    cfg = config(data__num_clients=4, strategy__concurrency=2, stop__num_updates=5, **ONE_TASK_PER_MESSAGE)
     recorder = MemoryRecorder()
     strategy = build_strategy(cfg, recorder)
     run_strategy(strategy, LocalGrid(app, num_nodes=2), cfg)
@@ -206,7 +210,7 @@ def test_a_node_that_is_down_at_the_start_keeps_retry_and_backoff():
                 return Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
         return fedstale_client_app(message, context)
 
-    cfg = config("fedasync", data__num_clients=6, strategy__concurrency=3, stop__num_updates=12)
+    cfg = config("fedasync", data__num_clients=6, strategy__concurrency=3, stop__num_updates=12, **ONE_TASK_PER_MESSAGE)
     recorder = MemoryRecorder()
     strategy = build_strategy(cfg, recorder)
     run_strategy(strategy, LocalGrid(app, num_nodes=2), cfg)
@@ -230,7 +234,7 @@ def test_a_client_that_fails_after_the_first_success_is_only_retried():
             merged.append(1)
         return fedstale_client_app(message, context)
 
-    cfg = config("fedasync", data__num_clients=6, strategy__concurrency=3, stop__num_updates=20)
+    cfg = config("fedasync", data__num_clients=6, strategy__concurrency=3, stop__num_updates=20, **ONE_TASK_PER_MESSAGE)
     recorder = MemoryRecorder()
     strategy = build_strategy(cfg, recorder)
     run_strategy(strategy, LocalGrid(app, num_nodes=2), cfg)

@@ -7,6 +7,11 @@ and wrong-shape updates and lost replies; this file adds the kinds it does
 not (error replies, Inf, wrong dtype, too few / extra arrays, no
 ``num-examples``, no ArrayRecord), checks the model after each rejected
 reply, and reads the counts from the CSV files the run writes.
+
+The faults are injected per message (a wrapped ClientApp, a grid that loses
+messages), so every run here sends one task per message
+(``comm.tasks_per_message: 1``); faults inside batched messages are in
+``tests/test_batching.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from fedstale.simulation.local_grid import LocalGrid
 from tests.helpers import config
 
 MAX_RETRIES = 1  # a bad client fails twice, then is left out
+ONE_TASK_PER_MESSAGE = {"comm__tasks_per_message": 1}
 
 
 def _reply(message: Message, arrays: list[np.ndarray] | None, metrics: dict) -> Message:
@@ -110,7 +116,7 @@ def _run(cfg, tmp_path, grid):
 
 def test_every_bad_reply_is_rejected_with_its_reason_and_leaves_the_model_untouched(tmp_path):
     cfg = config("fedasync", data__num_clients=12, strategy__concurrency=4, stop__num_updates=12,
-                 evaluation__every=6, comm__max_retries=MAX_RETRIES)
+                 evaluation__every=6, comm__max_retries=MAX_RETRIES, **ONE_TASK_PER_MESSAGE)
     result, strategy, watched, metrics, clients = _run(cfg, tmp_path, LocalGrid(faulty_app, num_nodes=2))
     names = list(initial_arrays(cfg).keys())
     expected = {
@@ -147,7 +153,7 @@ def test_a_federation_of_bad_clients_never_changes_the_model(tmp_path, client):
     default ``comm.fail_fast`` the run would stop at the second client's
     failure, see test_fail_fast.py; 0 keeps the retries this test is about.)"""
     cfg = config("fedasync", data__num_clients=2, strategy__concurrency=2, stop__num_updates=5,
-                 comm__max_retries=MAX_RETRIES, comm__fail_fast=0)
+                 comm__max_retries=MAX_RETRIES, comm__fail_fast=0, **ONE_TASK_PER_MESSAGE)
     bad, _ = FAULTS[client]
 
     def app(message, context):
@@ -176,7 +182,7 @@ class LosingGrid(LocalGrid):
 
 def test_a_timeout_is_counted_in_metrics_and_the_client_is_retried(tmp_path):
     cfg = config("fedasync", data__num_clients=4, strategy__concurrency=2, stop__num_updates=8,
-                 evaluation__every=4, comm__timeout=2.0, comm__max_retries=2)
+                 evaluation__every=4, comm__timeout=2.0, comm__max_retries=2, **ONE_TASK_PER_MESSAGE)
     grid = LosingGrid(fedstale_client_app, num_nodes=2)
     _, strategy, watched, metrics, clients = _run(cfg, tmp_path, grid)
     lost = [r for r in clients if r["client_id"] == "2"]
@@ -196,7 +202,7 @@ def test_a_failing_client_is_retried_after_an_exponential_backoff(tmp_path, num_
     nothing is in flight while it waits: the loop waits instead of stopping."""
     cfg = config("fedasync", data__num_clients=num_clients, strategy__concurrency=num_clients,
                  stop__num_updates=40, evaluation__every=20, delay__clock="wall",
-                 comm__max_retries=3, comm__retry_backoff=0.3, comm__retry_backoff_max=0.8)
+                 comm__max_retries=3, comm__retry_backoff=0.3, comm__retry_backoff_max=0.8, **ONE_TASK_PER_MESSAGE)
     failures_left = {0: 3}
 
     def app(message, context):

@@ -130,8 +130,12 @@ class DroppingGrid(LocalGrid):
 
 
 def test_lost_replies_time_out_and_are_counted():
-    """A reply that never comes is a failure after ``comm.timeout`` seconds."""
-    cfg = config(stop__num_updates=8, comm__timeout=0.3, comm__max_retries=1)
+    """A reply that never comes is a failure after ``comm.timeout`` seconds.
+
+    One task per message (``comm.tasks_per_message: 1``): the grid loses
+    whole messages, and each is then one task of the lost client.
+    """
+    cfg = config(stop__num_updates=8, comm__timeout=0.3, comm__max_retries=1, comm__tasks_per_message=1)
     recorder = MemoryRecorder()
 
     strategy = build_strategy(cfg, recorder)

@@ -11,7 +11,13 @@ that answers fedstale's messages:
   ``loss``, ``num-examples`` and the client's metrics;
 - QUERY ``describe`` → the node's ``partition-id``/``num-partitions`` and
   device; QUERY ``prepare`` → ``client.get_properties(config)`` of each
-  client the node hosts (their ``num-examples``).
+  client the node hosts (their ``num-examples``, and ``prepare-seconds``,
+  the time it took), and ``batch-tasks: True``;
+- ``train.batch`` (several TRAIN tasks in one message, see
+  :mod:`fedstale.batching`) → each task through the train mods and
+  ``client.fit`` in turn, all replies in one
+  (:mod:`fedstale.client.batch`). The ``batch-tasks`` answer to
+  ``prepare`` is what tells the server it may send them.
 
 **Virtual clients.** When the message names a ``client-id`` (one node hosts
 several clients, as in simulation), ``client_fn`` receives a view of the
@@ -42,6 +48,8 @@ from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from ..batching import CAPABILITY_KEY
+from .batch import batch_handler, with_mods
 from .training import pick_device
 
 ClientFn = Callable[[Context], NumPyClient]
@@ -114,10 +122,13 @@ def build_client_app(
 
     ``mods`` wrap every message; ``train_mods`` only TRAIN messages (Flower's
     function-specific mods), e.g. :func:`fedstale.client.attacks.attack_mod`.
+    Both wrap each task of a ``train.batch`` message, not the batch: each
+    handler is registered with ``mods`` (+ ``train_mods``) as its own
+    function-specific mods, which is how Flower applies app-wide mods too.
     """
-    app = ClientApp(mods=mods)
+    app = ClientApp()
+    mods, train_mods = list(mods or []), list(mods or []) + list(train_mods or [])
 
-    @app.train(mods=train_mods)
     def _train(message: Message, context: Context) -> Message:
         arrays = message.content.array_records
         record = next(iter(arrays.values()))
@@ -141,7 +152,10 @@ def build_client_app(
 
         return _run_client(client_fn, message, context, call)
 
-    @app.evaluate()
+    app.train(mods=train_mods)(_train)
+    app.train("batch")(batch_handler(with_mods(_train, train_mods)))
+
+    @app.evaluate(mods=mods)
     def _evaluate(message: Message, context: Context) -> Message:
         record = next(iter(message.content.array_records.values()))
 
@@ -153,7 +167,7 @@ def build_client_app(
 
         return _run_client(client_fn, message, context, call)
 
-    @app.query()
+    @app.query(mods=mods)
     def _query(message: Message, context: Context) -> Message:
         config = _config_of(message)
         action = config.get("fedstale-action")
@@ -162,6 +176,7 @@ def build_client_app(
             info["device"] = str(pick_device())
             return Message(RecordDict({"config": ConfigRecord(info)}), reply_to=message)
         if action == "prepare":
+            started = time.perf_counter()
             ids, sizes = [], []
             for client_id in config.get("client-ids", []):
                 view = client_context(context, int(client_id), int(config["num-clients"]))
@@ -169,7 +184,14 @@ def build_client_app(
                 if "num-examples" in properties:
                     ids.append(int(client_id))
                     sizes.append(int(properties["num-examples"]))
-            reply = ConfigRecord({"client-ids": ids, "num-examples": sizes})
+            reply = ConfigRecord(
+                {
+                    "client-ids": ids,
+                    "num-examples": sizes,
+                    "prepare-seconds": time.perf_counter() - started,
+                    CAPABILITY_KEY: True,
+                }
+            )
             return Message(RecordDict({"config": reply}), reply_to=message)
         raise ValueError(f"unknown fedstale-action '{action}' (expected describe or prepare)")
 

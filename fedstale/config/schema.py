@@ -364,6 +364,12 @@ class CommConfig:
     push_window: int = _f(
         0, "messages in flight in all (0: auto, CPUs + 1 with the virtual clock, no limit with the wall clock)", ge=0
     )
+    tasks_per_message: int = _f(
+        0, "training tasks one message to a SuperNode may carry, if its ClientApp takes batches (0: auto, up to comm.batch_seconds of measured compute; 1: one task per message; N: at most N); never changes the results", ge=0
+    )
+    batch_seconds: float = _f(
+        0.25, "auto batches (comm.tasks_per_message: 0) are filled up to this much estimated ClientApp compute, in wall seconds", gt=0
+    )
     poll_interval: float = _f(0.005, "wall seconds between pulls when nothing is ready", gt=0)
 
 

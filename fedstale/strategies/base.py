@@ -36,9 +36,10 @@ loop does the rest:
   node against copies of the same ``Context`` and keeps only the last write
   (a deployment SuperNode runs a node's messages one after the other).
 
-:meth:`AsyncStrategy.start` is the loop itself: dispatch, pump the
-transport, take the next due task from the clock, process it, and after a
-new version evaluate and offer a resume point. The steps are in
+:meth:`AsyncStrategy.start` is the loop itself: dispatch, take the next due
+task from the clock (pumping the transport only when none is due, so the
+tasks dispatched after a batch of replies leave together), process it, and
+after a new version evaluate and offer a resume point. The steps are in
 :mod:`.loop`; each is a few calls to the run's parts, one a module: the
 client pool and its selection policy (:mod:`.pool`), placement on SuperNodes
 (:mod:`.placement`), the dispatcher (:mod:`.dispatch`), the transport
@@ -125,6 +126,13 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
     push_window : int | None (default: None)
         Messages in flight in all at most; None takes the clock's default
         (see :mod:`fedstale.strategies.transport`).
+    tasks_per_message : int (default: 0)
+        TRAIN tasks one message to a SuperNode may carry, for nodes whose
+        ClientApp accepts batches: 0 auto (up to ``batch_seconds`` of
+        measured compute), 1 one task per message, N at most N (see
+        :mod:`fedstale.strategies.batches`). Never changes the results.
+    batch_seconds : float (default: 0.25)
+        Auto batches are filled up to this much estimated ClientApp compute.
     poll_interval : float (default: 0.005)
         Wall seconds between two pulls when nothing is ready.
     seed : int (default: 0)
@@ -181,6 +189,8 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         message_ttl: float = 3600.0,
         max_inflight_per_node: int = 1,
         push_window: int | None = None,
+        tasks_per_message: int = 0,
+        batch_seconds: float = 0.25,
         poll_interval: float = 0.005,
         seed: int = 0,
         trust: TrustTracker | None = None,
@@ -210,6 +220,12 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         self.max_participations = max_participations
         self.message_ttl, self.max_inflight_per_node = message_ttl, max_inflight_per_node
         self.push_window, self.poll_interval = push_window, poll_interval
+        if tasks_per_message < 0 or batch_seconds <= 0:
+            raise ValueError(
+                "tasks_per_message must be >= 0 and batch_seconds > 0, "
+                f"got {tasks_per_message}, {batch_seconds}"
+            )
+        self.tasks_per_message, self.batch_seconds = tasks_per_message, batch_seconds
         self.seed = seed
         self.trust, self.adversary, self.central_dp = trust, adversary, central_dp
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
@@ -354,10 +370,18 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         self._begin(grid, initial_arrays, num_rounds, evaluate_fn, resume)
         while not self._should_stop(num_rounds, target_accuracy):
             self._dispatch(grid)
-            self.courier.pump(grid)
             if self._wake(grid, num_rounds, max_virtual_time):
                 continue
             task = self.clock.next_due(self.inflight)
+            if task is None:
+                # Deliver every reply that is due before moving messages: the
+                # tasks dispatched meanwhile then leave together, in batches.
+                # What arrived may let an event (a client online, a timer) go
+                # first: the clock decides on the state it is shown.
+                self.courier.pump(grid)
+                if self._wake(grid, num_rounds, max_virtual_time):
+                    continue
+                task = self.clock.next_due(self.inflight)
             if task is None:
                 if not self.inflight and not self.pool.backing_off():
                     log_line("no client left to train; stopping", warning=True)

@@ -80,6 +80,8 @@ class Evaluator:
         The targets reached so far (saved with the run state).
     client_rows, target_rows : list[dict[str, Any]]
         The last evaluation's ``client_accuracy.csv`` and ``targets.csv`` rows.
+    seconds : float
+        Wall seconds spent evaluating (centralized and federated) so far.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Evaluator:
         self.reached: list[float] = []
         self.client_rows: list[dict[str, Any]] = []
         self.target_rows: list[dict[str, Any]] = []
+        self.seconds = 0.0
 
     def due(self, version: int, num_rounds: int) -> bool:
         """Whether a new ``version`` is evaluated (every ``every``, and the last)."""
@@ -150,6 +153,7 @@ class Evaluator:
         """
         version = row["version"]
         self.client_rows, self.target_rows = [], []
+        started = time.perf_counter()
         if self.evaluate_fn is not None:
             metrics = self.evaluate_fn(version, arrays())
             if metrics is not None:
@@ -170,6 +174,7 @@ class Evaluator:
                 row["fed_loss"] = fed.get("loss", "")
         self.last_version = version
         self.last_updates = updates
+        self.seconds += time.perf_counter() - started
         return row
 
     def report(self, row: dict[str, Any], recorder: Recorder) -> None:

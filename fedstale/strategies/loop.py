@@ -2,8 +2,8 @@
 
 :class:`EventLoop` is the base of :class:`~fedstale.strategies.base.AsyncStrategy`,
 whose :meth:`~fedstale.strategies.base.AsyncStrategy.start` runs the loop:
-dispatch, pump the transport, take the next due task from the clock,
-:meth:`EventLoop.process` it, and after a new version evaluate and offer a
+dispatch, take the next due task from the clock (pumping the transport when
+none is due), :meth:`EventLoop.process` it, and after a new version evaluate and offer a
 resume point. Each step is a few calls to the run's parts:
 
 - ``pool`` (:class:`~fedstale.strategies.pool.ClientPool`): who trains next;
@@ -42,6 +42,7 @@ from flwr.supercore import log
 
 from ..aggregation.vectors import ModelCodec
 from ..progress import format_evaluation, log_line
+from .batches import batch_rule
 from .courier import Courier
 from .dispatch import Dispatcher
 from .evaluator import Evaluator
@@ -217,9 +218,8 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.pool.populate(self.placement.num_clients)
         self.fail_fast.reset(self.placement.num_clients)
         window = self.push_window if self.push_window else self.clock.default_push_window
-        self.transport = Transport(
-            self.placement.nodes, self.max_inflight_per_node, window, self._timeout
-        )
+        rule = batch_rule(self.placement, self.tasks_per_message, self.batch_seconds, grid)
+        self.transport = Transport(self.placement.nodes, self.max_inflight_per_node, window, self._timeout, rule)
         self._wire()
         self.clock.start()
         self.result = Result(arrays=initial_arrays)
@@ -242,6 +242,14 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             self.clock.now,
             self.clock.wall_elapsed(),
             self._stop_reason or "version budget",
+        )
+        log_line(
+            "transport: %d training tasks in %d messages, the first at Unix time %.3f; "
+            "evaluation: %.2fs",
+            self.transport.tasks_pushed,
+            self.transport.messages_pushed,
+            self.transport.first_train_time or 0.0,
+            self.evaluator.seconds,
         )
         self.result.arrays = self.codec.unflatten(self.model)
         return self.result

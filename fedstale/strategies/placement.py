@@ -5,8 +5,10 @@ At start the strategy asks every SuperNode (a QUERY with
 it, and places client ``c`` on the ``c mod N``-th node for the whole run, so
 per-client state kept in the node's ``Context`` stays with its client. A
 second QUERY (``prepare``) tells each node its clients and returns their
-training-set sizes. A node whose ClientApp does not answer these queries is
-still used; its clients' sizes are just unknown.
+training-set sizes, and whether the node's ClientApp accepts several tasks
+in one message (``batch-tasks``, see :mod:`fedstale.batching`). A node whose
+ClientApp does not answer these queries is still used, one task per
+message; its clients' sizes are just unknown.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from ..batching import CAPABILITY_KEY
 from ..progress import log_line
 
 ACTION_KEY = "fedstale-action"
@@ -47,6 +50,10 @@ class Placement:
         """Client id → the id of the SuperNode hosting it."""
         self.num_examples: dict[int, int] = {}
         """Client id → training-set size, for the clients whose node reported it."""
+        self.batch_nodes: set[int] = set()
+        """The SuperNodes whose ClientApp accepts ``train.batch`` messages."""
+        self.prepare_seconds: dict[int, float] = {}
+        """SuperNode id → seconds its ClientApp spent preparing its clients (if it said)."""
 
     def clients_on(self, node: int) -> list[int]:
         """The clients hosted by ``node``, in order."""
@@ -115,6 +122,7 @@ def discover(  # pylint: disable=too-many-arguments
     Placement
         The run's client → node map.
     """
+    started, started_at = time.monotonic(), time.time()
     node_ids = wait_for_nodes(grid, timeout)
     ask = {"timeout": timeout, "ttl": ttl, "poll_interval": poll_interval}
     described = query(grid, {n: ConfigRecord({ACTION_KEY: "describe"}) for n in node_ids}, **ask)
@@ -134,16 +142,28 @@ def discover(  # pylint: disable=too-many-arguments
         content["client-ids"] = placement.clients_on(node)
         content["num-clients"] = placement.num_clients
         prepare[node] = content
-    for reply in query(grid, prepare, **ask).values():
+    for node, reply in query(grid, prepare, **ask).items():
+        if reply.get(CAPABILITY_KEY, False):
+            placement.batch_nodes.add(node)
+        if "prepare-seconds" in reply:
+            placement.prepare_seconds[node] = float(reply["prepare-seconds"])  # type: ignore[arg-type]
         ids = reply.get("client-ids", [])
         sizes = reply.get("num-examples", [])
         for client_id, size in zip(ids, sizes):  # type: ignore[arg-type]
             placement.num_examples[int(client_id)] = int(size)
     log_line(
-        "%d clients on %d SuperNodes; training-set sizes known for %d",
+        "start-up: SuperNodes found, described and prepared in %.2fs from Unix time %.3f "
+        "(ClientApps preparing: %.2fs at most)",
+        time.monotonic() - started,
+        started_at,
+        max(placement.prepare_seconds.values(), default=0.0),
+    )
+    log_line(
+        "%d clients on %d SuperNodes; training-set sizes known for %d; %d nodes take batches",
         placement.num_clients,
         len(nodes),
         len(placement.num_examples),
+        len(placement.batch_nodes),
     )
     return placement
 
