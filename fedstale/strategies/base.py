@@ -104,9 +104,8 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         Drop updates whose base version was made more than this many clock
         seconds before they are delivered (staleness in time).
     lr_delay_alpha : float (default: 0.0)
-        α_lr of the client learning rate γ0 / (1 + α_lr · τ_last), γ0 being
-        ``train_config["lr"]`` and τ_last the staleness of the client's
-        previous update (0 before it has one). 0 keeps γ0.
+        α_lr of the client learning rate γ0 / (1 + α_lr · τ_last): γ0 is ``lr``
+        of ``train_config``, τ_last the client's last staleness (0 at first).
     eval_every : int (default: 1)
         Evaluate every this many versions (and at version 0 and at the end).
     num_evaluate_clients : int (default: 0)
@@ -117,8 +116,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         Consecutive failures after which a client is left out.
     retry_backoff : tuple[float, float] (default: (0.0, 60.0))
         (b, b_max): a client's k-th consecutive failure delays its next
-        dispatch by min(b·2^(k−1), b_max) wall seconds, so a SuperNode that
-        is down does not burn ``max_retries`` at once. b = 0 (simulation): none.
+        dispatch by min(b·2^(k−1), b_max) wall seconds (b = 0: none).
     message_ttl : float (default: 3600.0)
         Time-to-live of every message, in seconds.
     max_inflight_per_node : int (default: 1)
@@ -127,12 +125,11 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         Messages in flight in all at most; None takes the clock's default
         (see :mod:`fedstale.strategies.transport`).
     tasks_per_message : int (default: 0)
-        TRAIN tasks one message to a SuperNode may carry, for nodes whose
-        ClientApp accepts batches: 0 auto (up to ``batch_seconds`` of
-        measured compute), 1 one task per message, N at most N (see
-        :mod:`fedstale.strategies.batches`). Never changes the results.
+        TRAIN tasks per message to a SuperNode whose ClientApp accepts batches
+        (:mod:`fedstale.strategies.batches`): 0 auto, up to ``batch_seconds``
+        of estimated ClientApp compute (default 0.25); 1 one; N at most N.
     batch_seconds : float (default: 0.25)
-        Auto batches are filled up to this much estimated ClientApp compute.
+        The auto batch's budget of estimated ClientApp compute, in seconds.
     poll_interval : float (default: 0.005)
         Wall seconds between two pulls when nothing is ready.
     seed : int (default: 0)
@@ -150,8 +147,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
     recorder : Recorder | None (default: None)
         Receives rows for ``clients.csv``/``metrics.csv`` and model versions.
     max_participations : int (default: 0)
-        Tasks a client may be sent at most (its DP-SGD budget); the run stops
-        once every client has had them all. 0: unlimited.
+        Tasks a client may get (its DP-SGD budget; the run ends when all are spent). 0: any.
     fail_fast : int (default: 3)
         Stop with :class:`~fedstale.strategies.failfast.RunAborted` when the
         first replies, from this many clients, all fail the same way before
@@ -238,15 +234,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
-        log(INFO, "\t├──> Mode: %s, concurrency C=%d", self.mode, self.concurrency)
-        log(INFO, "\t├──> Clients: %s", self.num_clients or "one per SuperNode")
-        log(INFO, "\t├──> Staleness: %s", self.staleness.describe())
-        limit = "none" if self.max_staleness is None else self.max_staleness
-        log(INFO, "\t├──> max_staleness: %s", limit)
-        if self.central_dp is not None:
-            log(INFO, "\t├──> Privacy: %s", self.central_dp.describe())
-        log(INFO, "\t├──> Availability: %s", self.availability.describe())
-        log(INFO, "\t└──> Clock: %s", self.clock.name)
+        log_summary(self)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -388,16 +376,23 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
                     break
                 time.sleep(self.poll_interval)
                 continue
-            if (
-                max_virtual_time is not None
-                and task.finish_time is not None
-                and task.finish_time > max_virtual_time
-            ):
-                self.clock.now = max(self.clock.now, max_virtual_time)
-                self._stop_reason = f"virtual-time budget {max_virtual_time:g}s"
+            if self._over_budget(task, max_virtual_time):
                 break
             self.clock.advance(task)
             if self.process(task):
                 self._after_new_version(grid, num_rounds)
         return self._end(grid)
 
+
+
+def log_summary(strategy: AsyncStrategy) -> None:
+    """Log ``strategy``'s configuration (:meth:`AsyncStrategy.summary`)."""
+    log(INFO, "\t├──> Mode: %s, concurrency C=%d", strategy.mode, strategy.concurrency)
+    log(INFO, "\t├──> Clients: %s", strategy.num_clients or "one per SuperNode")
+    log(INFO, "\t├──> Staleness: %s", strategy.staleness.describe())
+    limit = "none" if strategy.max_staleness is None else strategy.max_staleness
+    log(INFO, "\t├──> max_staleness: %s", limit)
+    if strategy.central_dp is not None:
+        log(INFO, "\t├──> Privacy: %s", strategy.central_dp.describe())
+    log(INFO, "\t├──> Availability: %s", strategy.availability.describe())
+    log(INFO, "\t└──> Clock: %s", strategy.clock.name)

@@ -57,7 +57,7 @@ from .task import ClientUpdate, Task, too_stale
 from .transport import Transport
 from .updates import updates_of
 from .versions import GlobalModel, SnapshotStore
-from .wakeups import next_wakeup
+from .wakeups import wake
 
 STALE_STREAK = 10
 """With ``max_staleness_seconds``, the run stops after this many × C updates in a row were
@@ -263,24 +263,15 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         return bool(self._stop_reason)
 
     def _wake(self, grid: Grid, num_rounds: int, max_virtual_time: float | None) -> bool:
-        """Move the clock to the next event that is not a delivery if it comes first; say if it did.
+        """Handle the next event that is not a delivery if it comes first (:func:`~fedstale.strategies.wakeups.wake`)."""
+        return wake(self, grid, num_rounds, max_virtual_time)  # type: ignore[arg-type]
 
-        The event (:func:`~fedstale.strategies.wakeups.next_wakeup`): a client coming online
-        while a slot is free, or the strategy's timer (:meth:`next_timer`; a new version?).
-        """
-        at, timer = next_wakeup(self)
-        if math.isinf(at) or not self.clock.reached(at, self.inflight):
+    def _over_budget(self, task: Task, max_virtual_time: float | None) -> bool:
+        """Whether delivering ``task`` would pass ``max_virtual_time``; if so the clock stops there."""
+        if max_virtual_time is None or task.finish_time is None or task.finish_time <= max_virtual_time:
             return False
-        if max_virtual_time is not None and at > max_virtual_time:
-            self.clock.now = max(self.clock.now, max_virtual_time)
-            self._stop_reason = f"virtual-time budget {max_virtual_time:g}s"
-            return True
-        self.clock.move_to(at)
-        new_model = self.on_timer(self.model) if timer else None
-        if new_model is not None:
-            self.global_model.advance(new_model, self.clock.now)
-            self.snapshots.drop_unused(self.version)
-            self._after_new_version(grid, num_rounds)
+        self.clock.now = max(self.clock.now, max_virtual_time)
+        self._stop_reason = f"virtual-time budget {max_virtual_time:g}s"
         return True
 
     def _dispatch(self, grid: Grid) -> None:
