@@ -17,7 +17,7 @@ the worst value of each check over the seeds, its bound, and the margin between 
 
 | test | statistic | seeds | worst | bound | margin |
 |---|---|---|---|---|---|
-| test_fedasync_on_real_supernodes | final - initial accuracy (4 updates) | 0,1,2,3,4 | 0.469 | >= 0.3 | 0.169 |
+| test_fedasync_on_real_supernodes | final - initial accuracy (4 updates) | 0,1,2,3,4 | 0.539 | >= 0.3 | 0.239 |
 """
 
 from __future__ import annotations
