@@ -84,6 +84,7 @@ def test_metrics_row_starts_a_new_staleness_window():
         "rejected": 0, "failures": 1, "quarantined": "", "mean_staleness": 1.5, "accuracy": "", "loss": "",
         "fed_accuracy": "", "fed_loss": "", "attack_success": "", "max_client_epsilon": "",
         "central_epsilon": 0.8, "bytes_up": 250, "bytes_down": 1000, "compression_ratio": 4.0,
+        "client_acc_mean": "", "client_acc_std": "", "client_acc_worst10": "", "client_acc_jain": "",
     }
     again = ledger.metrics_row(version=4, now=12.5, wall=0.4, central_epsilon=None)
     assert (again["mean_staleness"], again["central_epsilon"]) == ("", "")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import MetricRecord
 
+from ..fairness import SUMMARY_COLUMNS
 from .task import ClientUpdate, Task
 from .trust_helpers import trust_cell
 
@@ -189,6 +190,7 @@ class Ledger:  # pylint: disable=too-many-instance-attributes
             "compression_ratio": (
                 self.dense_bytes_up / self.bytes_up if self.bytes_up else ""
             ),
+            **dict.fromkeys(SUMMARY_COLUMNS, ""),  # the evaluator fills them with evaluation.fairness
         }
         self.since_eval = []
         return row
