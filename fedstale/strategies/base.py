@@ -376,7 +376,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
                     break
                 time.sleep(self.poll_interval)
                 continue
-            if self._over_budget(task, max_virtual_time):
+            if self._passes_budget(task.finish_time, max_virtual_time):
                 break
             self.clock.advance(task)
             if self.process(task):

@@ -266,9 +266,10 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         """Handle the next event that is not a delivery if it comes first (:func:`~fedstale.strategies.wakeups.wake`)."""
         return wake(self, grid, num_rounds, max_virtual_time)  # type: ignore[arg-type]
 
-    def _over_budget(self, task: Task, max_virtual_time: float | None) -> bool:
-        """Whether delivering ``task`` would pass ``max_virtual_time``; if so the clock stops there."""
-        if max_virtual_time is None or task.finish_time is None or task.finish_time <= max_virtual_time:
+    def _passes_budget(self, at: float | None, max_virtual_time: float | None) -> bool:
+        """Whether an event at ``at`` (a delivery, a wake-up) comes after
+        ``max_virtual_time``; if so the clock stops at the budget, and says why."""
+        if max_virtual_time is None or at is None or at <= max_virtual_time:
             return False
         self.clock.now = max(self.clock.now, max_virtual_time)
         self._stop_reason = f"virtual-time budget {max_virtual_time:g}s"

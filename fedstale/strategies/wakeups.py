@@ -43,9 +43,7 @@ def wake(strategy: AsyncStrategy, grid: Grid, num_rounds: int, max_virtual_time:
     at, timer = next_wakeup(strategy)
     if math.isinf(at) or not strategy.clock.reached(at, strategy.inflight):
         return False
-    if max_virtual_time is not None and at > max_virtual_time:
-        strategy.clock.now = max(strategy.clock.now, max_virtual_time)
-        strategy._stop_reason = f"virtual-time budget {max_virtual_time:g}s"
+    if strategy._passes_budget(at, max_virtual_time):
         return True
     strategy.clock.move_to(at)
     new_model = strategy.on_timer(strategy.model) if timer else None
