@@ -60,9 +60,19 @@ def check_data(config: Config) -> None:
     """
     d = config.data
     try:
-        client_partitions(d.dataset, d.test_fraction, partition_spec(config), d.server_val_size, d.path)
+        parts = client_partitions(d.dataset, d.test_fraction, partition_spec(config), d.server_val_size, d.path)
     except ValueError as err:
         raise ConfigError([str(err)]) from err
+    if config.evaluation.fairness:
+        # each client trains on one part and is measured on the other (fairness.held_out_split)
+        small = [client for client, indices in enumerate(parts) if len(indices) < 2]
+        if small:
+            listed = ", ".join(str(c) for c in small[:10]) + (", ..." if len(small) > 10 else "")
+            raise ConfigError([
+                f"evaluation.fairness: {len(small)} of data.num_clients ({d.num_clients}) clients have "
+                f"fewer than 2 examples (clients {listed}), so none can be held out; raise "
+                "data.min_partition_size to at least 2, lower data.num_clients, or turn evaluation.fairness off"
+            ])
 
 
 def build_clock(config: Config) -> Clock:

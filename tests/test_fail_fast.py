@@ -68,6 +68,21 @@ def test_a_client_with_no_example_is_named():
         check_data(cfg)
 
 
+def test_fairness_needs_two_examples_per_client():
+    """evaluation.fairness holds out part of each client's examples: clients
+    with one example (3 of 200 here, min_partition_size 1) stop the run."""
+    cfg = config(data__num_clients=200, data__min_partition_size=1, evaluation__fairness=True)
+    with pytest.raises(ConfigError) as err:
+        check_data(cfg)
+    assert err.value.problems == [
+        "evaluation.fairness: 3 of data.num_clients (200) clients have fewer than 2 examples "
+        "(clients 136, 145, 181), so none can be held out; raise data.min_partition_size to at "
+        "least 2, lower data.num_clients, or turn evaluation.fairness off"
+    ]
+    check_data(config(data__num_clients=200, data__min_partition_size=1))  # without fairness: fine
+    check_data(config(data__num_clients=200, data__min_partition_size=2, evaluation__fairness=True))
+
+
 def test_a_feasible_partitioning_is_what_the_clients_get():
     """check_data computes the clients' own split (same cache, same indices)."""
     cfg = config(data__num_clients=100, data__min_partition_size=3, stop__num_updates=2)
