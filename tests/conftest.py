@@ -51,11 +51,36 @@ def pytest_xdist_auto_num_workers(config):
     return min(8, 2 * (os.cpu_count() or 1))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist appends the group to each test's id
 def pytest_collection_modifyitems(items):
-    """Mark every test that uses the ``learned`` fixture."""
+    """Mark every test that uses the ``learned`` fixture; put each test without
+    an ``xdist_group`` in its module's group; run the groups with real Flower
+    processes (``e2e``) first.
+
+    ``--dist loadgroup`` (``addopts``) sends each group to one worker, so a
+    module's module-scoped federations and cached runs are built once, as with
+    ``loadscope``. Modules whose tests share nothing costly split themselves
+    into several groups (``@pytest.mark.xdist_group("name")``) so that no one
+    worker is left with most of the suite's longest module. The longest groups
+    are the ``e2e`` ones; starting them first keeps them out of the suite's tail.
+    """
     for item in items:
         if "learned" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.learned)
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+    def group(item) -> str:
+        return item.get_closest_marker("xdist_group").args[0]
+
+    e2e_groups = {group(item) for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: group(item) not in e2e_groups)  # stable: order within a group kept
+
+
+def bare_nodeid(nodeid: str) -> str:
+    """A test's id without the ``@group`` suffix xdist's ``loadgroup`` adds."""
+    at, bracket = nodeid.rfind("@"), nodeid.rfind("]")
+    return nodeid[:at] if at > bracket else nodeid
 
 
 class Learned:
@@ -67,7 +92,7 @@ class Learned:
     """
 
     def __init__(self, nodeid: str) -> None:
-        self.nodeid = nodeid
+        self.nodeid = bare_nodeid(nodeid)
         self.failures: list[str] = []
 
     def at_least(self, name: str, value: float, floor: float) -> None:

@@ -52,6 +52,7 @@ def test_every_command_has_help(command, tmp_path):
     assert proc.stdout.startswith(f"usage: fedstale {command}".rstrip())
 
 
+@pytest.mark.xdist_group("cli-local-run")
 def test_run_local_writes_under_the_working_directory(tmp_path):
     """``fedstale run --engine local`` from a folder elsewhere: results land under
     that folder, and stdout is the absolute run folder, first line and last."""
@@ -97,6 +98,7 @@ def test_validate_prints_the_resolved_config_or_exits_2(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("cli-flwr-run")
 def test_run_through_flwr_writes_under_the_working_directory(tmp_path):
     """``fedstale run`` (engine flower) with a private FLWR_HOME given by the
     environment; its SuperLink and Ray processes are stopped by PID."""

@@ -209,6 +209,7 @@ def _served_certificate(port: int, ca_file: Path) -> dict:
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("deployment-tls")
 def test_tls_and_supernode_authentication(tmp_path):
     """TLS with a CA made by the test; only the registered SuperNode joins.
 
@@ -258,6 +259,7 @@ def test_tls_and_supernode_authentication(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("deployment-flower-superexec")
 def test_flowers_own_superexec_still_runs_the_app(tmp_path):
     """Flower's default path: the SuperNode starts ``flower-superexec``, which
     starts a ``flwr-clientapp`` process per message."""

@@ -87,6 +87,7 @@ def _wait(condition, timeout: float, what: str, dep: LocalDeployment):
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("deployment-faults-supernode")
 def test_supernode_killed_mid_run_and_restarted(tmp_path):
     started = time.monotonic()
     # Flower accepts a SuperNode key only over TLS
@@ -176,6 +177,7 @@ KILL_RUN = {
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("deployment-faults-worker")
 def test_warm_worker_killed_mid_task(tmp_path):
     dep = LocalDeployment(tmp_path / "dep")
     out = tmp_path / "results"

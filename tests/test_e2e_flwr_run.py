@@ -1,8 +1,11 @@
 """End to end: the real ``flwr run`` path (local SuperLink, Ray simulation engine).
 
 One private federation (own FLWR_HOME and ports, see
-:class:`fedstale.simulation.launcher.LocalFederation`) serves every run of this
-module and is stopped, with every process it started, at the end.
+:class:`fedstale.simulation.launcher.LocalFederation`) per pytest-xdist
+worker serves the runs of this module and is stopped, with every process it
+started, at the end. The tests form four ``xdist_group``s (the default run
+and what is compared with it; batching; bad configs; client state) so that
+they run on up to four workers at once (``tests/conftest.py``).
 
 Seed table (``python simulations/seed_table.py``; seeds 0-4, 2 CPU cores, 2026-12-01):
 the worst value of each check over the seeds, its bound, and the margin between them.
@@ -82,6 +85,7 @@ def default_run(federation):
     return proc, out / "default"
 
 
+@pytest.mark.xdist_group("e2e-default-run")
 def test_default_run_writes_the_output_contract(default_run):
     """config.yaml, metrics.csv, clients.csv, checkpoints, model.pt and plots."""
     proc, run_dir = default_run
@@ -103,6 +107,7 @@ def test_default_run_writes_the_output_contract(default_run):
         assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_SIGNATURE
 
 
+@pytest.mark.xdist_group("e2e-default-run")
 def test_nothing_is_written_outside_the_working_directory(federation, default_run):
     """HOME stays empty: Flower's state is in FLWR_HOME, caches in the working dir."""
     _, work = federation
@@ -111,6 +116,7 @@ def test_nothing_is_written_outside_the_working_directory(federation, default_ru
     assert (work / "cwd" / ".cache" / "matplotlib").is_dir()
 
 
+@pytest.mark.xdist_group("e2e-default-run")
 def test_default_run_learns(default_run, learned):
     """FedBuff on digits through Flower's simulation engine reaches 90%."""
     _, run_dir = default_run
@@ -119,6 +125,7 @@ def test_default_run_learns(default_run, learned):
     assert float(final["virtual_time"]) > 0
 
 
+@pytest.mark.xdist_group("e2e-default-run")
 def test_same_rows_with_two_parallel_ray_workers(federation, default_run):
     """2 Ray workers training at once give the same rows as 1, wall time aside.
 
@@ -148,6 +155,7 @@ def test_same_rows_with_two_parallel_ray_workers(federation, default_run):
     assert [float(r["accuracy"]) for r in _rows(first / "metrics.csv")] == pytest.approx(in_process, abs=1e-9)
 
 
+@pytest.mark.xdist_group("e2e-batching")
 def test_same_rows_with_one_or_several_tasks_per_message(federation):
     """Through Flower's engine, one task per message and up to 4: the same
     rows in every column but wall time, on the compression config, whose
@@ -193,6 +201,7 @@ def _resume_version(run_dir: Path) -> int:
         return -1  # not written yet (or being replaced)
 
 
+@pytest.mark.xdist_group("e2e-default-run")
 def test_serverapp_killed_mid_run_and_resumed(federation, default_run):
     """SIGKILL the ServerApp after its resume point at version ≥ 20, then
     ``flwr run`` again with ``run.resume``: the version counter, metrics.csv
@@ -227,6 +236,7 @@ def test_serverapp_killed_mid_run_and_resumed(federation, default_run):
         assert _reproducible(_rows(run_dir / name)) == _reproducible(_rows(uninterrupted / name))
 
 
+@pytest.mark.xdist_group("e2e-client-state")
 def test_config_is_chosen_and_overridden_from_the_run_config(federation):
     """``config='configs/fedasync.yaml'`` plus an override reach the ServerApp."""
     fed, work = federation
@@ -249,6 +259,7 @@ def test_config_is_chosen_and_overridden_from_the_run_config(federation):
     assert {float(r["weight"]) <= 0.5 for r in clients} == {True}
 
 
+@pytest.mark.xdist_group("e2e-bad-config")
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -281,6 +292,7 @@ def test_bad_config_fails_with_one_clear_error(federation, overrides, expected):
     assert not out.exists()
 
 
+@pytest.mark.xdist_group("e2e-client-state")
 def test_attacks_run_as_a_client_mod_on_the_real_path(federation):
     """Sign flippers (×5) act through ``attack_mod`` on Ray's ClientApps; a
     pre-aggregator pipeline given in the run config merges; by round 6 every
@@ -316,6 +328,7 @@ def test_attacks_run_as_a_client_mod_on_the_real_path(federation):
     assert int(metrics[-1]["quarantined"]) >= 4
 
 
+@pytest.mark.xdist_group("e2e-client-state")
 def test_dp_sgd_accountants_persist_in_flower_contexts(federation, learned):
     """configs/dp_sgd.yaml on Ray: each client's ε grows over its 10 updates in the
     SuperNodes' Contexts, ends ≤ 8, the budget stops the run, ≥ 80% accuracy."""

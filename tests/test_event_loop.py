@@ -36,6 +36,7 @@ def _reproducible(rows):
     ("name", "versions", "floor"),
     [("default", 80, 0.85), ("fedasync", 400, 0.85), ("fedavg", 30, 0.85), ("dynamic", 80, 0.80)],
 )
+@pytest.mark.xdist_group("event-loop-learns")
 def test_each_strategy_learns_digits(learned, name, versions, floor):
     """FedBuff, FedAsync, sync FedAvg and dynamic staleness reach the floor."""
     result, _, recorder = run(config(name, stop__num_updates=versions, evaluation__every=10))

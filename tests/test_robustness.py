@@ -65,6 +65,17 @@ from tests.helpers import config, run
 ROBUST = ("median", "trimmed_mean", "multi_krum")
 
 
+def by_aggregator(*aggregators: str) -> list:
+    """``aggregators`` as parameters, each in the xdist group of its runs
+    (``robustness-<aggregator>``), so the module's cached runs spread over
+    the workers (see ``tests/conftest.py``) and each is still made once."""
+    return [pytest.param(a, marks=pytest.mark.xdist_group(f"robustness-{a}")) for a in aggregators]
+
+
+MEAN_RUNS = pytest.mark.xdist_group("robustness-mean")
+"""The group of the tests that share the mean's cached runs."""
+
+
 @lru_cache(maxsize=None)
 def robustness_run(aggregator: str, attack: tuple[tuple[str, object], ...] = ()):
     """(Result, evaluation rows) of one robustness run (cached across tests)."""
@@ -101,18 +112,21 @@ MODEL_SCALING_10 = (("name", "model_scaling"), ("scale", 10.0))
 BACKDOOR_5 = (("name", "backdoor"), ("boost", 5.0))
 
 
+@MEAN_RUNS
 def test_mean_collapses_under_boosted_sign_flips(learned):
     """FedAvg (the mean) ends below 30% accuracy with 20% sign flippers (×5)."""
     learned.at_least("clean final accuracy", final("mean")["accuracy"], 0.85)
     learned.at_most("sign flip x5 final accuracy", final("mean", SIGN_FLIP_5)["accuracy"], 0.30)
 
 
+@MEAN_RUNS
 def test_mean_collapses_under_model_scaling(learned):
     """Attackers sending 10·x_local (the whole model scaled, BRIEF §3's
     "scaling ×10" row) make FedAvg diverge to chance."""
     learned.at_most("model scaling x10 final accuracy", final("mean", MODEL_SCALING_10)["accuracy"], 0.30)
 
 
+@MEAN_RUNS
 def test_mean_loses_30_points_under_scaling(learned):
     """Scaled (×10) honest-direction updates make FedAvg oscillate far below
     its clean accuracy (where it ends varies with the seed, so the test asks
@@ -121,7 +135,7 @@ def test_mean_loses_30_points_under_scaling(learned):
     learned.at_least("clean - scaled accuracy, mean of last 3", loss, 0.30)
 
 
-@pytest.mark.parametrize("aggregator", ROBUST)
+@pytest.mark.parametrize("aggregator", by_aggregator(*ROBUST))
 @pytest.mark.parametrize(
     "attack",
     [SIGN_FLIP_5, SCALING_10, MODEL_SCALING_10],
@@ -139,6 +153,7 @@ def test_robust_reducers_stay_within_12_points_of_clean(learned, aggregator, att
     learned.at_least("attacked - clean accuracy, mean of last 3", attacked - clean, -0.12)
 
 
+@MEAN_RUNS
 def test_backdoor_succeeds_against_the_mean(learned):
     """The backdoor holds, and the model stays useful (a stealthy backdoor).
 
@@ -155,11 +170,12 @@ def test_backdoor_succeeds_against_the_mean(learned):
     )
 
 
-@pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "krum"])
+@pytest.mark.parametrize("aggregator", by_aggregator("median", "trimmed_mean", "krum"))
 def test_backdoor_fails_against_robust_reducers(learned, aggregator):
     learned.at_most("final attack success", final(aggregator, BACKDOOR_5)["attack_success"], 0.10)
 
 
+@pytest.mark.xdist_group("robustness-trust")
 def test_trust_quarantines_every_attacker_early_and_spares_most_honest_clients(learned):
     """Async FedBuff (K = 5, Dirichlet 0.5) with trust, 4 sign flippers (×5).
 
@@ -218,6 +234,7 @@ SEEN = 6
 """Updates an attacker must have made to count as seen often enough to be caught."""
 
 
+@pytest.mark.xdist_group("robustness-fedasync-norm")
 def test_fedasync_norm_bound_rejects_scaled_updates(learned):
     """FedAsync cannot median one update: the norm bound rejects ×10 updates."""
     cfg = config(
@@ -239,6 +256,7 @@ def test_fedasync_norm_bound_rejects_scaled_updates(learned):
     learned.at_least("final accuracy", recorder.evaluations[-1]["accuracy"], 0.80)
 
 
+@pytest.mark.xdist_group("robustness-fedasync-validation")
 def test_fedasync_validation_check_rejects_sign_flips(learned):
     """A Zeno++-style check on a 100-example server validation set.
 

@@ -62,7 +62,8 @@ def _first_difference(kind: str, got: list[list[str]], expected: list[list[str]]
     return f"{kind}: {len(got) - 1} rows instead of {len(expected) - 1}"
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# each case on a worker of its own (tests/conftest.py): they share nothing
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(f"same-rows-{n}")) for n in CASES])
 def test_rows_match_the_golden_files(name):
     metrics, clients = golden_tables(name)
     for kind, got in (("metrics", metrics), ("clients", clients)):

@@ -196,6 +196,7 @@ SAME_PLAN = ["count", "count", "raise", "count", "poison", "count", "count"]
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("superexec-same-replies")
 def test_same_replies_and_context_as_flower_superexec(tmp_path):
     app = write_probe_app(tmp_path / "app")
     results = {}
@@ -229,6 +230,7 @@ def test_same_replies_and_context_as_flower_superexec(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("superexec-faulty-workers")
 def test_faulty_workers_are_replaced_and_a_new_fab_gets_its_own_worker(tmp_path):
     """raise / hang past --task-timeout / exit: an error reply each, the next task on a new worker.
 

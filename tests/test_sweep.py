@@ -108,6 +108,7 @@ def _tiny_spec(tmp_path: Path) -> Path:
     )
 
 
+@pytest.mark.xdist_group("sweep-killed")
 def test_killed_sweep_resumes_without_rerunning_finished_cells(tmp_path):
     """A 2x2 sweep on Ray (1 worker) is SIGKILLed once a cell has finished and
     another is running; the rerun skips the finished cells (their files are
