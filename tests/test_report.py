@@ -28,8 +28,10 @@ def _write_csv(path: Path, columns, rows) -> None:
             writer.writerow({c: row.get(c, "") for c in columns})
 
 
-def make_run(folder: Path, seed: int, strategy: str, evaluations, updates=(), client_accuracy=None) -> Path:
-    """A run folder: ``evaluations`` are (virtual_time, updates, accuracy[, attack_success])."""
+def make_run(folder: Path, seed: int, strategy: str, evaluations, updates=(), client_accuracy=None,
+             worst10=None) -> Path:
+    """A run folder: ``evaluations`` are (virtual_time, updates, accuracy[, attack_success]);
+    ``worst10``, when given, the ``client_acc_worst10`` of each evaluation."""
     folder.mkdir(parents=True)
     config = {"run": {"seed": seed, "name": folder.name}, "strategy": {"name": strategy, "mode": "auto"}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
@@ -37,6 +39,8 @@ def make_run(folder: Path, seed: int, strategy: str, evaluations, updates=(), cl
         {"version": i, "virtual_time": t, "updates": u, "accuracy": a, "attack_success": rest[0] if rest else ""}
         for i, (t, u, a, *rest) in enumerate(evaluations)
     ]
+    for row, worst in zip(rows, worst10 or ()):
+        row["client_acc_worst10"] = worst
     _write_csv(folder / "metrics.csv", METRICS_COLUMNS, rows)
     clients = [
         {"client_id": c, "staleness": s, "accepted": str(ok), "virtual_duration": d, "fit_seconds": f, "arrival_time": i}
@@ -127,6 +131,7 @@ def test_a_two_axis_sweep_gets_matrices(tmp_path):
         "| attack | mean | median |\n|---|---|---|\n| clean | 1.0 (1/1) | — (0/1) |\n| flip | — (0/1) | — (0/1) |"
     ) in report
     assert "| attack=flip / aggregator=median | 0 |" in report
+    assert "## Speed and fairness" not in report and "worst-10%" not in report  # no client_acc_worst10
     assert _table_row(report, "attack=flip / aggregator=mean", "Final privacy") == (
         "| attack=flip / aggregator=mean | 95.0 ± 0.0 | — |"
     )
@@ -135,6 +140,46 @@ def test_a_two_axis_sweep_gets_matrices(tmp_path):
     partial = build_report([sweep], tmp_path / "partial").read_text()
     assert f"Sweep `{sweep}`: 1 of 4 cells have not finished and are left out" in partial
     assert "| clean | 90.0 | 80.0 |\n| flip | 10.0 | — |" in partial
+
+
+def test_time_to_target_and_worst_10_percent_client_accuracy_side_by_side(tmp_path):
+    sweep = tmp_path / "sweep"
+    cells = []
+    # (cell, availability): per seed, evaluations (t, updates, accuracy) and the final client_acc_worst10
+    runs = {("sgd", "always"): [([(0, 0, 0.1), (2, 10, 0.92), (3, 15, 0.93)], 0.8),
+                                ([(0, 0, 0.1), (4, 10, 0.91), (5, 15, 0.95)], 0.9)],
+            ("sgd", "on_off"): [([(0, 0, 0.1), (6, 10, 0.85)], 0.5), ([(0, 0, 0.1), (8, 10, 0.90)], 0.6)],
+            ("adam", "always"): [([(0, 0, 0.1), (1, 10, 0.97)], 0.95), ([(0, 0, 0.1), (2, 10, 0.8)], 0.4)]}
+    for (cell, availability), seeds in runs.items():
+        for seed, (evaluations, worst) in enumerate(seeds):
+            name = f"{cell}_availability-{availability}_seed-{seed}"
+            make_run(sweep / name, seed, cell + availability, evaluations, worst10=[""] * (len(evaluations) - 1) + [worst])
+            cells.append({"name": name, "labels": {"cell": cell, "availability": availability, "seed": str(seed)},
+                          "seed": seed})
+    manifest = {"name": "p", "axes": [{"name": "cell", "prefix": "", "labels": ["sgd", "adam"]},
+                                      {"name": "availability", "prefix": "availability",
+                                       "labels": ["always", "on_off"]}],
+                "cells": cells}
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(manifest))
+    report = build_report([sweep], tmp_path / "out", targets=[0.9]).read_text()
+    # worst 10%: sgd always (80 + 90) / 2 = 85, on_off (50 + 60) / 2 = 55; adam always (95 + 40) / 2 = 67.5
+    assert (
+        "## Final worst-10% client accuracy (%) (`client_acc_worst10`), mean over seeds: cell × availability\n\n"
+        "| cell | always | on_off |\n|---|---|---|\n| sgd | 85.0 | 55.0 |\n| adam | 67.5 | — |"
+    ) in report
+    # to 90%: sgd always at t = 2 and 4 (3.0 ± 1.41), on_off only seed 1 at t = 8, adam only seed 0 at t = 1
+    assert (
+        "| cell | always | on_off |\n|---|---|---|\n| sgd | 3.0 (2/2) | 8.0 (1/2) |\n| adam | 1.0 (1/2) | — |"
+    ) in report
+    assert _table_row(report, "sgd / availability=always", "Speed and fairness") == (
+        "| sgd / availability=always | 3.0 ± 1.4 (2/2) | 94.0 ± 1.4 | 85.0 ± 7.1 |"
+    )
+    assert _table_row(report, "sgd / availability=on_off", "Speed and fairness") == (
+        "| sgd / availability=on_off | 8.0 ± 0.0 (1/2) | 87.5 ± 3.5 | 55.0 ± 7.1 |"
+    )
+    assert _table_row(report, "adam / availability=always", "Speed and fairness") == (
+        "| adam / availability=always | 1.0 ± 0.0 (1/2) | 88.5 ± 12.0 | 67.5 ± 38.9 |"
+    )
 
 
 def test_bad_input_is_one_error(tmp_path):

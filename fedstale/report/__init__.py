@@ -18,8 +18,12 @@ seeds), and writes ``out/report.md`` with PNG figures beside it:
   ``fit_seconds``;
 - fairness across clients from ``client_accuracy.csv`` where runs have it
   (:mod:`fedstale.fairness`), else a note;
-- for a sweep with two axes (besides seeds), a matrix of final accuracy
-  (and of the backdoor's attack success, when measured).
+- where runs have ``client_acc_worst10`` (``evaluation.fairness``), a table
+  of each group's virtual time to each target beside its final accuracy and
+  worst-10% client accuracy;
+- for a sweep with two axes (besides seeds), matrices of final accuracy, of
+  virtual time to each target (and of the backdoor's attack success and the
+  final worst-10% client accuracy, when measured).
 
 Standard deviations are over seeds (``statistics.stdev``, n − 1; 0 for one seed).
 """
@@ -57,7 +61,7 @@ from .runs import (
     group_runs,
     load_run,
 )
-from .tables import extra_table, fairness_section, matrix, runs_table, sources
+from .tables import extra_table, fairness_section, matrix, runs_table, sources, speed_fairness_table
 
 __all__ = [
     "Group", "ReportError", "RunData", "accepted_staleness", "accuracy_rows", "build_report",
@@ -92,6 +96,7 @@ def build_report(
     lines += runs_table(groups)
     lines += extra_table(groups)
     lines += matrix(dirs, groups, targets)
+    lines += speed_fairness_table(groups, targets)
     lines += accuracy_section(groups, out, plt)
     lines += target_section(groups, targets, out, plt)
     lines += staleness_section(groups, out, plt)

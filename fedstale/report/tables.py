@@ -95,7 +95,8 @@ def extra_table(groups: list[Group]) -> list[str]:
 
 def matrix(dirs: Sequence[Path], groups: list[Group], targets: Sequence[float]) -> list[str]:
     """Matrices over a sweep's two axes (first: rows, second: columns): final
-    accuracy, attack success (when measured) and virtual time to each target."""
+    accuracy, attack success (when measured), virtual time to each target and
+    the final worst-10% client accuracy (when measured)."""
     manifests = [read_manifest(Path(d)) for d in dirs]
     if len(dirs) != 1 or manifests[0] is None or len(manifests[0]["axes"]) != 2:
         return []
@@ -121,6 +122,7 @@ def matrix(dirs: Sequence[Path], groups: list[Group], targets: Sequence[float]) 
     tables = [("Final test accuracy (%)", final_mean("accuracy")),
               ("Attack success (%) at the end (backdoor)", final_mean("attack_success"))]
     tables += [(f"Virtual time (s) to {100 * t:g}% accuracy (reached/seeds)", to_target(t)) for t in targets]
+    tables.append(("Final worst-10% client accuracy (%) (`client_acc_worst10`)", final_mean(WORST10)))
     lines = []
     for heading, compute in tables:
         cells = {key: text for key, g in by_labels.items() if (text := compute(g)) is not None}
@@ -132,6 +134,51 @@ def matrix(dirs: Sequence[Path], groups: list[Group], targets: Sequence[float]) 
         lines.append("")
     return lines
 
+
+
+WORST10 = "client_acc_worst10"
+"""The ``metrics.csv`` column of the mean accuracy of the worst 10% of clients (``evaluation.fairness``)."""
+
+
+def speed_fairness_table(groups: list[Group], targets: Sequence[float]) -> list[str]:
+    """Per group, virtual time to each target beside the final accuracy and worst-10% client accuracy.
+
+    The worst-10% client accuracy is the last evaluation's ``client_acc_worst10``
+    (:data:`WORST10`); the section is left out when no run has it.
+
+    Parameters
+    ----------
+    groups
+        The report's groups.
+    targets
+        Target accuracies in (0, 1].
+
+    Returns
+    -------
+    list[str]
+        Markdown lines (none without ``client_acc_worst10``).
+    """
+    with_data = [g for g in groups if any(final_row(r.metrics).get(WORST10, "") != "" for r in g.runs)]
+    if not with_data:
+        return []
+    lines = table_head(
+        "Speed and fairness",
+        "Virtual time to each target (mean ± std over the seeds that reached it, reached/seeds) beside "
+        "the last evaluation's test accuracy and mean accuracy of the worst 10% of clients "
+        "(`client_acc_worst10`, on their held-out splits), mean ± std over seeds.",
+        ("group", *(f"time to {100 * t:g}% (s)" for t in targets),
+         "final accuracy (%)", "final worst-10% client accuracy (%)"),
+    )
+    for g in with_data:
+        cells = []
+        for target in targets:
+            s = target_stats(g, target)
+            cells.append(f"{pm(s.time)} ({s.reached}/{s.runs})" if s.reached else f"— (0/{s.runs})")
+        finals = [final_row(r.metrics) for r in g.runs]
+        cells.append(pm(mean_std([100 * float(f["accuracy"]) for f in finals])))
+        cells.append(pm(mean_std([100 * float(f[WORST10]) for f in finals if f.get(WORST10, "") != ""])))
+        lines.append(f"| {g.label} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def fairness_section(groups: list[Group]) -> list[str]:
