@@ -238,3 +238,15 @@ def test_a_short_in_process_run_on_synthetic_is_deterministic_and_evaluates():
     assert {row["client_id"] for row in recorder.client_accuracy} == set(range(20))
     assert set(result.arrays.keys()) == {"net.1.weight", "net.1.bias"}
     assert {row["client_id"] for row in recorder.updates} <= set(range(20))
+
+
+def test_a_clients_reported_size_is_its_training_set_size_without_generating_it():
+    from fedstale.data import synthetic_train_size
+
+    cfg = _synthetic_config(evaluation__fairness=True, evaluation__held_out=0.3)
+    spec = partition_spec(cfg)
+    for k in (0, 7, 49):
+        assert synthetic_train_size("synthetic", spec, k) == len(load_client_data("synthetic", 0.2, spec, k)[1])
+        assert synthetic_train_size("synthetic", spec, k, 0.3) == len(
+            load_client_data("synthetic", 0.2, spec, k, held_out=0.3)[1]
+        )

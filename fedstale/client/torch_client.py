@@ -26,6 +26,7 @@ from ..data import (
     load_client_data,
     load_split,
     spec_from_directives,
+    synthetic_train_size,
 )
 from ..data.synthetic import SyntheticSpec, synthetic_split
 from ..data.augment import AUGMENTATIONS
@@ -265,8 +266,19 @@ class TorchClient(NumPyClient):
         return model
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Report ``num-examples`` (loads the partition, warming the cache)."""
+        """Report ``num-examples`` (loads the partition, warming the cache).
+
+        A synthetic client only draws its example count: preparing a
+        population of millions generates nobody's examples.
+        """
         set_torch_threads(int(config.get("num-threads", 1)))
+        name = str(config.get("dataset", "digits"))
+        if name in SYNTHETIC_DATASETS:
+            size = synthetic_train_size(
+                name, partition_spec_from(config, self.num_partitions), self.client_id,
+                float(config.get("held-out", 0.0)),
+            )
+            return {"num-examples": size, "device": str(self.device)}
         x, _ = self._data(config)
         return {"num-examples": len(x), "device": str(self.device)}
 

@@ -16,6 +16,7 @@ from .synthetic import (
     SYNTHETIC_DATASETS,
     SyntheticSpec,
     client_data,
+    client_model,
     spec_from_directives,
     synthetic_directives,
     synthetic_split,
@@ -154,6 +155,19 @@ def load_client_data(
     return x[keep], y[keep]
 
 
+def synthetic_train_size(name: str, spec: PartitionSpec, client_id: int, held_out: float = 0.0) -> int:
+    """``len(load_client_data(...)[1])`` of a synthetic client, without generating its examples.
+
+    Only its example count is drawn (stream 0), so a ClientApp that
+    prepares a million clients spends microseconds on each.
+    """
+    synthetic = synthetic_spec(name, spec.synthetic, spec.num_partitions)
+    count = client_model(synthetic, spec.seed, client_id).num_examples
+    if held_out <= 0:
+        return count
+    return len(held_out_split(count, held_out, spec.seed, client_id)[0])
+
+
 __all__ = [
     "IMAGE_DATASETS",
     "dataset_names",
@@ -167,6 +181,7 @@ __all__ = [
     "SYNTHETIC_DATASETS",
     "SyntheticSpec",
     "synthetic_spec",
+    "synthetic_train_size",
     "synthetic_directives",
     "spec_from_directives",
     "load_client_data",

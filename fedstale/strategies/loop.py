@@ -251,6 +251,12 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
             self.transport.first_train_time or 0.0,
             self.evaluator.seconds,
         )
+        log_line(
+            "memory: at most %d base models held at once (%d values each), %d tasks in flight at the end",
+            self.snapshots.peak,
+            int(self.model.numel()),
+            len(self.inflight),
+        )
         self.result.arrays = self.codec.unflatten(self.model)
         return self.result
 
