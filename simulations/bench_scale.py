@@ -32,7 +32,7 @@ seconds, ``wall_time`` of the last ``metrics.csv`` row), the steady rate
 such as torch's lazy imports at the first optimizer), peak RSS of the
 server (the in-process run's whole process: server and ClientApp together)
 and of each ClientApp process, and the most base models the strategy held
-at once (its ``memory:`` log line; see
+at once (the ``memory:`` part of its ``transport:`` log line; see
 :class:`fedstale.strategies.versions.SnapshotStore`). Machine load
 (``os.getloadavg``) is printed before and after each case: these 2-core
 machines are shared. The last line is flwr-run updates/s ÷ in-process
@@ -323,7 +323,7 @@ def row(mode: str, clients: int, concurrency: int, run: dict[str, Any]) -> str:
     workers = run.get("client_mb")
     shown = "(same process)" if workers is None else " ".join(f"{m:.0f}" for m in workers) or "-"
     return (f"{mode:<11}{clients:>10,}{concurrency:>7,}{run['updates']:>9,}{run['loop']:>9.1f}"
-            f"{rate:>10.1f}{run['steady']:>8.1f}{run['per_message']:>9.1f}{run['server_mb']:>11.0f}  "
+            f"{rate:>10.1f}{run['steady']:>8.1f}{run['per_message']:>10.1f}{run['server_mb']:>11.0f}  "
             f"{shown:<18}{run['bases']:>7}")
 
 
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         args.clients, args.concurrency, args.updates = [1_000], [100], 500
     cases = [(n, c) for n in args.clients for c in args.concurrency if c <= n]
     say(f"FedBuff (buffer 10) on synthetic(1, 1), logreg, {args.updates:,} updates a case; {load()}")
-    header = (f"{'mode':<11}{'clients':>10}{'C':>7}{'updates':>9}{'loop s':>9}{'updates/s':>10}{'steady':>8}{'tasks/msg':>9}"
+    header = (f"{'mode':<11}{'clients':>10}{'C':>7}{'updates':>9}{'loop s':>9}{'updates/s':>10}{'steady':>8}{'tasks/msg':>10}"
               f"{'server MB':>11}  {'ClientApp MB':<18}{'bases':>7}")
     results: dict[tuple[str, int, int], dict[str, Any]] = {}
     lines = []

@@ -245,17 +245,12 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         )
         log_line(
             "transport: %d training tasks in %d messages, the first at Unix time %.3f; "
-            "evaluation: %.2fs",
+            "evaluation: %.2fs; memory: at most %d base models held at once",
             self.transport.tasks_pushed,
             self.transport.messages_pushed,
             self.transport.first_train_time or 0.0,
             self.evaluator.seconds,
-        )
-        log_line(
-            "memory: at most %d base models held at once (%d values each), %d tasks in flight at the end",
             self.snapshots.peak,
-            int(self.model.numel()),
-            len(self.inflight),
         )
         self.result.arrays = self.codec.unflatten(self.model)
         return self.result
