@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
@@ -22,57 +21,21 @@ from .aggregation.vectors import ModelCodec
 from .availability import Availability, make_availability
 from .client.torch_client import set_torch_threads
 from .client.training import evaluate, pick_device
-from .config import Config, ConfigError
+from .config import Config
 from .fairness import parse_targets
-from .data import PartitionSpec, client_partitions, load_client_data, load_split
+from .data import synthetic_directives
+from .data_setup import (  # noqa: F401  (check_data, partition_spec: re-exported)
+    check_data,
+    client_held_out_sets,
+    data_split,
+    partition_spec,
+    synthetic_spec,
+)
 from .models import build_model
 from .simulation.adversary import Adversary, choose_malicious
 from .simulation.clock import Clock, VirtualClock, WallClock
 from .simulation.delays import DelayModel, make_distribution
 from .strategies import STRATEGIES, AsyncStrategy, Recorder, SecAggFedBuff, make_selection
-
-
-def partition_spec(config: Config) -> PartitionSpec:
-    """How the ``data`` section splits the pool (what every ClientApp computes too)."""
-    d = config.data
-    return PartitionSpec(
-        partitioner=d.partitioner,
-        num_partitions=d.num_clients,
-        alpha=float(d.alpha),
-        min_partition_size=int(d.min_partition_size),
-        classes_per_client=int(d.classes_per_client),
-        seed=d.seed,
-    )
-
-
-def check_data(config: Config) -> None:
-    """Load the dataset and split it as the clients will, before any run starts.
-
-    The split is deterministic, so a partitioning that cannot be done (more
-    clients than examples, an unreachable Dirichlet minimum size, a client
-    with no example) would fail on every client at its first task; here it
-    stops the run at once with one error naming the fields to change.
-
-    Raises
-    ------
-    ConfigError
-        If the dataset cannot be loaded or the pool cannot be partitioned.
-    """
-    d = config.data
-    try:
-        parts = client_partitions(d.dataset, d.test_fraction, partition_spec(config), d.server_val_size, d.path)
-    except ValueError as err:
-        raise ConfigError([str(err)]) from err
-    if config.evaluation.fairness:
-        # each client trains on one part and is measured on the other (fairness.held_out_split)
-        small = [client for client, indices in enumerate(parts) if len(indices) < 2]
-        if small:
-            listed = ", ".join(str(c) for c in small[:10]) + (", ..." if len(small) > 10 else "")
-            raise ConfigError([
-                f"evaluation.fairness: {len(small)} of data.num_clients ({d.num_clients}) clients have "
-                f"fewer than 2 examples (clients {listed}), so none can be held out; raise "
-                "data.min_partition_size to at least 2, lower data.num_clients, or turn evaluation.fairness off"
-            ])
 
 
 def build_clock(config: Config) -> Clock:
@@ -168,8 +131,7 @@ def build_central_dp(config: Config) -> CentralGaussianMechanism | None:
 
 def make_validation_loss(config: Config) -> Callable[[torch.Tensor], float]:
     """Loss of a flat model vector on the server's validation set."""
-    d = config.data
-    data = load_split(d.dataset, d.test_fraction, d.seed, d.server_val_size, d.path)
+    data = data_split(config, validation=True)
     assert data.x_val is not None and data.y_val is not None
     model = build_model(config.model.name, data.spec, private=config.privacy.local.enabled)
     codec = ModelCodec(initial_arrays(config))
@@ -315,6 +277,9 @@ def train_config(config: Config) -> ConfigRecord:
         | privacy_directives(config)
     )
     record.update(dp_sgd_directives(config))
+    synthetic = synthetic_spec(config)
+    if synthetic is not None:
+        record.update(synthetic_directives(synthetic))
     if config.evaluation.fairness:  # the clients leave their held-out split out of training
         record["held-out"] = config.evaluation.held_out
     return record
@@ -372,8 +337,7 @@ def compression_directives(config: Config) -> dict[str, Any]:
 
 def initial_arrays(config: Config) -> ArrayRecord:
     """The initial global model (weights from ``run.seed``)."""
-    d = config.data
-    spec = load_split(d.dataset, d.test_fraction, d.seed, path=d.path).spec
+    spec = data_split(config).spec
     model = build_model(
         config.model.name, spec, seed=config.run.seed, private=config.privacy.local.enabled
     )
@@ -396,8 +360,7 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
     from the ``data`` section as every ClientApp does (in a deployment the
     server needs the dataset for this, as for the test set).
     """
-    d = config.data
-    data = load_split(d.dataset, d.test_fraction, d.seed, path=d.path)
+    data = data_split(config)
     model = build_model(config.model.name, data.spec, private=config.privacy.local.enabled)
     device = pick_device()
     set_torch_threads(config.client.num_threads)
@@ -425,18 +388,6 @@ def make_evaluate_fn(config: Config) -> Callable[[int, ArrayRecord], MetricRecor
         return record
 
     return evaluate_fn
-
-
-def client_held_out_sets(config: Config) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every client's held-out (x, y) split (``evaluation.held_out``), by client id."""
-    d, spec = config.data, partition_spec(config)
-    return [
-        load_client_data(
-            d.dataset, d.test_fraction, spec, cid, d.server_val_size, d.path,
-            config.evaluation.held_out, "held",
-        )
-        for cid in range(d.num_clients)
-    ]
 
 
 def run_strategy(

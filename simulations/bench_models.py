@@ -55,9 +55,11 @@ from fedstale.models import MODELS, build_model
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
+SYNTHETIC = (60,)  # FedProx's synthetic features (flat floats, not token ids)
 NATURAL_SHAPES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "cnn": (MNIST,),
     "mlp": (MNIST,),
+    "logreg": (SYNTHETIC,),
     "resnet8": (MNIST, CIFAR),
     "resnet20": (MNIST, CIFAR),
     "resnet18": (MNIST, CIFAR),
@@ -125,7 +127,7 @@ def main() -> None:
             # What travels: the state_dict (all parameters; bert_lora: its adapters).
             params = sum(v.numel() for v in model.state_dict().values())
             record_bytes = ArrayRecord(model.state_dict()).count_bytes()
-            if len(shape) == 1:  # token ids
+            if len(shape) == 1 and shape != SYNTHETIC:  # token ids
                 x = rng.integers(1, VOCAB_SIZE, (args.examples, *shape), dtype=np.int64)
             else:
                 x = rng.standard_normal((args.examples, *shape), dtype=np.float32)

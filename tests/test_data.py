@@ -69,7 +69,7 @@ def test_unknown_dataset() -> None:
     """An unknown dataset name raises ValueError listing the known ones."""
     with pytest.raises(
         ValueError,
-        match=r"^unknown dataset 'mnst'; accepted: digits, mnist, fashion_mnist, cifar10, cifar100, text$",
+        match=r"^unknown dataset 'mnst'; accepted: digits, mnist, fashion_mnist, cifar10, cifar100, text, synthetic, synthetic_iid$",
     ):
         load_split("mnst", 0.2, 0)
 

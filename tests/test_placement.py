@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedstale.simulation.local_grid import LocalGrid, _ensure_task_identity
@@ -84,3 +85,16 @@ def test_a_message_is_addressed_to_the_clients_node_with_its_ttl_and_ids():
 def test_an_empty_placement_places_nobody():
     placement = Placement([], num_clients=0, ttl=1.0)
     assert placement.node_of == {} and placement.node_index == {} and placement.num_examples == {}
+
+
+def test_node_map_reads_like_the_dict_it_replaces():
+    from fedstale.strategies.node_map import NodeMap
+
+    nodes = [50, 7, 31]
+    node_map = NodeMap(nodes, 8)
+    assert node_map == {c: nodes[c % 3] for c in range(8)} and len(node_map) == 8
+    assert node_map[np.int64(4)] == 7
+    assert node_map.clients_on(31) == [2, 5] and node_map.clients_on(99) == []
+    assert NodeMap([], 8) == {}
+    with pytest.raises(KeyError):
+        node_map[8]  # pylint: disable=pointless-statement

@@ -197,3 +197,17 @@ def test_a_policy_sees_only_who_may_train_and_the_pool_books():
 @pytest.mark.parametrize("count", [0, -1])
 def test_nothing_to_select(count):
     assert _pool(4).select(count) == []
+
+
+def test_idle_clients_index_like_the_sorted_set_difference():
+    import random
+
+    from fedstale.strategies.idle import IdleClients
+
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 300)
+        gone = set(rng.sample(range(n), rng.randint(0, n))) | {n + 5}
+        idle, expected = IdleClients(n, gone), sorted(set(range(n)) - gone)
+        assert len(idle) == len(expected) and list(idle) == expected
+        assert [idle[i] for i in range(len(expected))] == expected

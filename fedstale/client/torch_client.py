@@ -17,7 +17,18 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.client import NumPyClient
 
-from ..data import IMAGE_DATASETS, DatasetSpec, PartitionSpec, SplitData, load_client_data, load_split
+from ..data import (
+    IMAGE_DATASETS,
+    SYNTHETIC_DATASETS,
+    DatasetSpec,
+    PartitionSpec,
+    SplitData,
+    load_client_data,
+    load_split,
+    spec_from_directives,
+    synthetic_train_size,
+)
+from ..data.synthetic import SyntheticSpec, synthetic_split
 from ..data.augment import AUGMENTATIONS
 from ..data.backdoor import poison_examples
 from ..models import build_model
@@ -41,15 +52,22 @@ def partition_spec_from(config: Mapping[str, Any], num_partitions: int) -> Parti
     """The partitioning named in a message config.
 
     ``num_partitions`` is used when the config has no ``num-clients`` (a
-    server that is not fedstale's, e.g. Flower's own FedAvg).
+    server that is not fedstale's, e.g. Flower's own FedAvg). For a
+    synthetic dataset it carries the ``synthetic-*`` parameters.
     """
+    name = str(config.get("dataset", "digits"))
+    num_clients = int(config.get("num-clients", num_partitions))
+    synthetic = (
+        spec_from_directives(config, name, num_clients) if name in SYNTHETIC_DATASETS else None
+    )
     return PartitionSpec(
         partitioner=str(config.get("partitioner", "iid")),
-        num_partitions=int(config.get("num-clients", num_partitions)),
+        num_partitions=num_clients,
         alpha=float(config.get("dirichlet-alpha", 0.5)),
         min_partition_size=int(config.get("min-partition-size", 10)),
         classes_per_client=int(config.get("classes-per-client", 2)),
         seed=int(config.get("data-seed", 0)),
+        synthetic=synthetic,
     )
 
 
@@ -70,16 +88,50 @@ def train_settings_from(config: Mapping[str, Any]) -> TrainSettings:
 
 def split_from(config: Mapping[str, Any]) -> SplitData:
     """The dataset a message config names (cached per process by ``load_split``)."""
+    name = str(config.get("dataset", "digits"))
+    if name in SYNTHETIC_DATASETS:  # the spec only: no test set on the client side
+        return _synthetic_shape(name)
     return load_split(
-        str(config.get("dataset", "digits")),
+        name,
         float(config.get("test-fraction", 0.2)),
         int(config.get("data-seed", 0)),
         path=str(config.get("data-path", "")),
     )
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=2)
+def _synthetic_shape(name: str) -> SplitData:
+    return synthetic_split(SyntheticSpec(iid=name == "synthetic_iid", test_clients=1), 0.2, 0)
+
+
 def partition_tensors(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    dataset: str,
+    test_fraction: float,
+    spec: PartitionSpec,
+    client_id: int,
+    server_val_size: int,
+    path: str,
+    pin: bool,
+    held_out: float = 0.0,
+    part: str = "train",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A client's (x, y) training tensors, from a per-process cache.
+
+    Partitions of a dataset split are cached for up to 1,024 clients
+    (:func:`_partition_tensors`); a synthetic client's generated examples
+    for up to :data:`SYNTHETIC_CACHE` clients, since regenerating them is
+    cheap and a population may have millions of clients.
+    """
+    cached = _synthetic_tensors if dataset in SYNTHETIC_DATASETS else _partition_tensors
+    return cached(dataset, test_fraction, spec, client_id, server_val_size, path, pin, held_out, part)
+
+
+SYNTHETIC_CACHE = 64
+"""Synthetic clients whose tensors a ClientApp process keeps (least recently used go)."""
+
+
+@lru_cache(maxsize=1024)
+def _partition_tensors(  # pylint: disable=too-many-arguments,too-many-positional-arguments
     dataset: str,
     test_fraction: float,
     spec: PartitionSpec,
@@ -108,6 +160,17 @@ def partition_tensors(  # pylint: disable=too-many-arguments,too-many-positional
     if pin:
         tensors = tensors[0].pin_memory(), tensors[1].pin_memory()
     return tensors
+
+
+_synthetic_tensors = lru_cache(maxsize=SYNTHETIC_CACHE)(_partition_tensors.__wrapped__)
+
+
+def _clear_tensor_caches() -> None:
+    _partition_tensors.cache_clear()
+    _synthetic_tensors.cache_clear()
+
+
+partition_tensors.cache_clear = _clear_tensor_caches  # type: ignore[attr-defined]
 
 
 @lru_cache(maxsize=4)
@@ -203,8 +266,19 @@ class TorchClient(NumPyClient):
         return model
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Report ``num-examples`` (loads the partition, warming the cache)."""
+        """Report ``num-examples`` (loads the partition, warming the cache).
+
+        A synthetic client only draws its example count: preparing a
+        population of millions generates nobody's examples.
+        """
         set_torch_threads(int(config.get("num-threads", 1)))
+        name = str(config.get("dataset", "digits"))
+        if name in SYNTHETIC_DATASETS:
+            size = synthetic_train_size(
+                name, partition_spec_from(config, self.num_partitions), self.client_id,
+                float(config.get("held-out", 0.0)),
+            )
+            return {"num-examples": size, "device": str(self.device)}
         x, _ = self._data(config)
         return {"num-examples": len(x), "device": str(self.device)}
 

@@ -48,6 +48,7 @@ def cross_checks(config: Config, explicit: set[str]) -> list[str]:
     problems += _robustness_checks(config)
     problems += _attack_checks(config)
     problems += _data_model_checks(config)
+    problems += _synthetic_checks(config)
     problems += _privacy_checks(config)
     problems += _resume_checks(config)
     problems += _tracker_checks(config)
@@ -261,6 +262,53 @@ def _data_model_checks(config: Config) -> list[str]:
     if text_data and config.attack.name == "backdoor":
         return ["attack.name: 'backdoor' stamps a pixel trigger on images; not available for text"]
     return []
+
+
+FLAT_MODELS = ("logreg", "mlp")
+"""Models that take flat feature vectors (those of ``data.dataset: synthetic``)."""
+
+SYNTHETIC_NAMES = ("synthetic", "synthetic_iid")
+
+
+def _synthetic_checks(config: Config) -> list[str]:
+    """A synthetic dataset generates each client's data: no partitioner, path or image model.
+
+    ``data.partitioner`` at its default (dirichlet) and the partitioners'
+    fields are ignored; another partitioner is an error.
+    """
+    d = config.data
+    if d.dataset not in SYNTHETIC_NAMES:
+        return []
+    problems = []
+    if d.partitioner != "dirichlet":  # the default, which (with its fields) is ignored
+        problems.append(
+            f"data.partitioner: '{d.partitioner}' does not apply to data.dataset {d.dataset} (each client's data is "
+            "generated from data.seed and data.synthetic; data.synthetic.alpha/beta set the "
+            "heterogeneity); remove data.partitioner (or set it to dirichlet, which is ignored)"
+        )
+    if d.path:
+        problems.append(f"data.path: data.dataset {d.dataset} is generated; leave data.path empty")
+    if config.model.name not in FLAT_MODELS:
+        problems.append(
+            f"model.name: data.dataset {d.dataset} gives 60 flat features; use one of "
+            f"{', '.join(FLAT_MODELS)} (logreg: FedProx's multinomial logistic regression)"
+        )
+    s = d.synthetic
+    if s.max_samples < s.min_samples:
+        problems.append(
+            f"data.synthetic.max_samples: must be >= data.synthetic.min_samples ({s.min_samples}), "
+            f"got {s.max_samples}"
+        )
+    if config.evaluation.fairness and s.min_samples < 2:
+        problems.append(
+            "data.synthetic.min_samples: evaluation.fairness holds out part of every client's "
+            "examples; set it to at least 2"
+        )
+    if config.attack.name == "backdoor":
+        problems.append(
+            f"attack.name: 'backdoor' stamps a pixel trigger on images; not available for {d.dataset}"
+        )
+    return problems
 
 
 def _robustness_checks(config: Config) -> list[str]:

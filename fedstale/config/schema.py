@@ -8,33 +8,10 @@ apply them are in :mod:`fedstale.config.fields`, the rules between fields in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-NONE_STRINGS = ("none", "null", "")
-
-
-class ConfigError(ValueError):
-    """An invalid experiment configuration; the message lists every problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(
-            "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
-
-
-def _f(default: Any, help: str, **rules: Any) -> Any:  # pylint: disable=redefined-builtin
-    """A schema field: its default, its help text and its validation rules.
-
-    Rules: ``choices`` (allowed values), ``ge``/``gt``/``le``/``lt`` (bounds)
-    and ``optional`` (None allowed, written ``none`` in YAML/TOML).
-    """
-    return field(default=default, metadata={"help": help, **rules})
-
-
-def _section(cls: type) -> Any:
-    return field(default_factory=cls)
+from .base import NONE_STRINGS, ConfigError, _f, _section
+from .data_schema import DataConfig, SyntheticConfig  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -47,33 +24,6 @@ class RunConfig:
     resume: str = _f(
         "", "run folder of an interrupted (or finished) run to continue from its checkpoints/resume.pt, e.g. results/default (empty: start a new run)"
     )
-
-
-def _dataset_names() -> list[str]:
-    from ..data import dataset_names  # pylint: disable=import-outside-toplevel
-
-    return dataset_names()
-
-
-@dataclass
-class DataConfig:
-    """``data``: dataset and how it is split among clients."""
-
-    dataset: str = _f("digits", "dataset name", choices=_dataset_names)
-    path: str = _f(
-        "", "local copy of the dataset: a datasets.save_to_disk folder, parquet files or a torchvision root (empty: digits from scikit-learn, others from the Hugging Face hub/cache)"
-    )
-    augment: bool = _f(True, "apply the dataset's training augmentation (cifar: random crop + flip)")
-    num_clients: int = _f(20, "number of clients (the simulated population)", ge=1)
-    partitioner: str = _f(
-        "dirichlet", "flwr-datasets partitioner", choices=("iid", "dirichlet", "pathological")
-    )
-    alpha: float = _f(0.5, "Dirichlet concentration α (dirichlet)", gt=0)
-    min_partition_size: int = _f(10, "fewest examples per client (dirichlet)", ge=0)
-    classes_per_client: int = _f(2, "labels per client (pathological)", ge=1)
-    test_fraction: float = _f(0.2, "share held out as the server's test set", gt=0, lt=1)
-    server_val_size: int = _f(0, "examples of the clients' pool kept by the server for validation", ge=0)
-    seed: int = _f(0, "seed of the train/test split and of the partitioning", ge=0)
 
 
 def _model_names() -> list[str]:

@@ -12,6 +12,15 @@ from .digits import load_digits_split
 from .images import IMAGE_DATASETS, load_image_split, register_torchvision_dataset
 from .partition import PARTITIONERS, PartitionError, PartitionSpec, client_arrays, partition_indices
 from .spec import DatasetSpec, SplitData
+from .synthetic import (
+    SYNTHETIC_DATASETS,
+    SyntheticSpec,
+    client_data,
+    client_model,
+    spec_from_directives,
+    synthetic_directives,
+    synthetic_split,
+)
 from .text import load_text_split
 
 
@@ -24,22 +33,39 @@ def _digits(test_fraction: float, seed: int, path: str) -> SplitData:
 def dataset_names() -> list[str]:
     """Every accepted ``data.dataset``: ``digits``, the image datasets
     (including those added with :func:`register_torchvision_dataset`) and
-    ``text`` (:mod:`fedstale.data.text`)."""
-    return ["digits", *IMAGE_DATASETS, "text"]
+    ``text`` (:mod:`fedstale.data.text`) and FedProx's ``synthetic`` and
+    ``synthetic_iid`` (:mod:`fedstale.data.synthetic`)."""
+    return ["digits", *IMAGE_DATASETS, "text", *SYNTHETIC_DATASETS]
+
+
+def synthetic_spec(name: str, synthetic: SyntheticSpec | None, num_clients: int = 1) -> SyntheticSpec:
+    """``synthetic`` (default parameters when None) with ``iid`` as ``name`` says."""
+    base = synthetic if synthetic is not None else SyntheticSpec(num_clients=num_clients)
+    return replace(base, iid=name == "synthetic_iid")
 
 
 @lru_cache(maxsize=4)
-def load_split(
-    name: str, test_fraction: float, seed: int, server_val_size: int = 0, path: str = ""
+def load_split(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    name: str,
+    test_fraction: float,
+    seed: int,
+    server_val_size: int = 0,
+    path: str = "",
+    synthetic: SyntheticSpec | None = None,
 ) -> SplitData:
     """Load dataset ``name`` split into the clients' pool and the test set.
 
     ``path`` is ``data.path`` (a local copy; see :mod:`fedstale.data.images`).
     With ``server_val_size`` > 0, that many examples of the pool (stratified
     when possible) become the server's validation set and leave the pool.
+    ``synthetic``: the parameters of ``synthetic``/``synthetic_iid``, whose
+    pool is empty (each client generates its data) and whose test and
+    validation sets are drawn as :func:`fedstale.data.synthetic.synthetic_split` says.
     """
     if name not in dataset_names():
         raise ValueError(f"unknown dataset '{name}'; accepted: {', '.join(dataset_names())}")
+    if name in SYNTHETIC_DATASETS:
+        return synthetic_split(synthetic_spec(name, synthetic), test_fraction, seed, server_val_size)
     if name == "digits":
         data = _digits(test_fraction, seed, path)
     elif name == "text":
@@ -78,6 +104,9 @@ def client_partitions(
 ) -> tuple[np.ndarray, ...]:
     """Every client's indices into the pool (computed once per process).
 
+    Not for ``synthetic`` datasets, which have no pool (:func:`load_client_data`
+    generates a client's data on demand).
+
     Raises
     ------
     PartitionError
@@ -104,19 +133,39 @@ def load_client_data(
     ``spec.seed``, i.e. ``data.seed``): ``part="train"`` gives the examples it
     trains on, ``part="held"`` the held-out ones its accuracy is measured on.
     With ``held_out`` 0 the whole partition, whatever ``part``.
+
+    For ``synthetic`` datasets the client's examples are generated from
+    ``(spec.seed, client_id)`` and ``spec.synthetic`` on each call
+    (:func:`fedstale.data.synthetic.client_data`); nothing is partitioned.
     """
     if not 0 <= client_id < spec.num_partitions:
         raise ValueError(
             f"client-id {client_id} is outside 0..{spec.num_partitions - 1}"
         )
-    data = load_split(name, test_fraction, spec.seed, server_val_size, path)
-    indices = list(_indices(name, test_fraction, spec, server_val_size, path))
-    x, y = client_arrays(data, indices, client_id)
+    if name in SYNTHETIC_DATASETS:
+        x, y = client_data(synthetic_spec(name, spec.synthetic, spec.num_partitions), spec.seed, client_id)
+    else:
+        data = load_split(name, test_fraction, spec.seed, server_val_size, path)
+        indices = _indices(name, test_fraction, spec, server_val_size, path)
+        x, y = client_arrays(data, indices, client_id)
     if held_out <= 0:
         return x, y
     train, held = held_out_split(len(y), held_out, spec.seed, client_id)
     keep = held if part == "held" else train
     return x[keep], y[keep]
+
+
+def synthetic_train_size(name: str, spec: PartitionSpec, client_id: int, held_out: float = 0.0) -> int:
+    """``len(load_client_data(...)[1])`` of a synthetic client, without generating its examples.
+
+    Only its example count is drawn (stream 0), so a ClientApp that
+    prepares a million clients spends microseconds on each.
+    """
+    synthetic = synthetic_spec(name, spec.synthetic, spec.num_partitions)
+    count = client_model(synthetic, spec.seed, client_id).num_examples
+    if held_out <= 0:
+        return count
+    return len(held_out_split(count, held_out, spec.seed, client_id)[0])
 
 
 __all__ = [
@@ -129,6 +178,12 @@ __all__ = [
     "DatasetSpec",
     "PartitionSpec",
     "SplitData",
+    "SYNTHETIC_DATASETS",
+    "SyntheticSpec",
+    "synthetic_spec",
+    "synthetic_train_size",
+    "synthetic_directives",
+    "spec_from_directives",
     "load_client_data",
     "load_split",
 ]

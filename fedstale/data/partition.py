@@ -15,18 +15,20 @@ A partitioning that cannot be done (more clients than examples, a Dirichlet
 minimum size that flwr-datasets' rejection sampling does not reach, a client
 left with no example) raises :class:`PartitionError`, naming the config
 fields to change. The ServerApp partitions once before the run starts
-(:func:`fedstale.builders.check_data`), so such a run stops within seconds
+(:func:`fedstale.data_setup.check_data`), so such a run stops within seconds
 instead of failing on every client.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .spec import SplitData
+from .synthetic import SyntheticSpec
 
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 
@@ -41,6 +43,8 @@ class PartitionSpec:
     min_partition_size: int = 10
     classes_per_client: int = 2
     seed: int = 0
+    synthetic: SyntheticSpec | None = None
+    """The ``data.synthetic`` parameters (``data.dataset`` synthetic; else unused)."""
 
 
 def make_partitioner(spec: PartitionSpec):  # type: ignore[no-untyped-def]
@@ -146,7 +150,7 @@ def partition_indices(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarra
 
 
 def client_arrays(
-    data: SplitData, indices: list[np.ndarray], client_id: int
+    data: SplitData, indices: Sequence[np.ndarray], client_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (x, y) arrays of one client."""
     idx = indices[client_id]

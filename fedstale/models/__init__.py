@@ -9,6 +9,7 @@ from torch import nn
 
 from ..data.spec import DatasetSpec
 from .cnn import SmallCNN, build_cnn
+from .logreg import LogisticRegression, build_logreg
 from .lora import AdapterClassifier, build_bert_lora
 from .mlp import MLP, build_mlp
 from .resnet import CifarResNet, build_resnet8, build_resnet18, build_resnet20
@@ -17,6 +18,7 @@ from .squeezenet import build_squeezenet
 MODELS: dict[str, Callable[[DatasetSpec], nn.Module]] = {
     "cnn": build_cnn,
     "mlp": build_mlp,
+    "logreg": build_logreg,
     "resnet8": build_resnet8,
     "resnet20": build_resnet20,
     "resnet18": build_resnet18,
@@ -78,6 +80,8 @@ def make_private_model(model: nn.Module) -> nn.Module:
 __all__ = [
     "AdapterClassifier",
     "build_bert_lora",
+    "build_logreg",
+    "LogisticRegression",
     "MLP",
     "MODELS",
     "CifarResNet",

@@ -245,11 +245,12 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         )
         log_line(
             "transport: %d training tasks in %d messages, the first at Unix time %.3f; "
-            "evaluation: %.2fs",
+            "evaluation: %.2fs; memory: at most %d base models held at once",
             self.transport.tasks_pushed,
             self.transport.messages_pushed,
             self.transport.first_train_time or 0.0,
             self.evaluator.seconds,
+            self.snapshots.peak,
         )
         self.result.arrays = self.codec.unflatten(self.model)
         return self.result

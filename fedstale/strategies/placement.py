@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 
 from ..batching import CAPABILITY_KEY
 from ..progress import log_line
+from .node_map import NodeMap
 
 ACTION_KEY = "fedstale-action"
 """ConfigRecord key of the start-up QUERY messages (``describe``/``prepare``)."""
@@ -46,8 +47,8 @@ class Placement:
         self.ttl = ttl
         self.node_index = {node: i for i, node in enumerate(self.nodes)}
         """SuperNode id → its position (the ``node`` column of ``clients.csv``)."""
-        self.node_of = {c: self.nodes[c % len(self.nodes)] for c in range(num_clients)} if nodes else {}
-        """Client id → the id of the SuperNode hosting it."""
+        self.node_of = NodeMap(self.nodes, num_clients)
+        """Client id → the id of the SuperNode hosting it (computed, nothing stored per client)."""
         self.num_examples: dict[int, int] = {}
         """Client id → training-set size, for the clients whose node reported it."""
         self.batch_nodes: set[int] = set()
@@ -57,7 +58,7 @@ class Placement:
 
     def clients_on(self, node: int) -> list[int]:
         """The clients hosted by ``node``, in order."""
-        return [c for c in range(self.num_clients) if self.node_of[c] == node]
+        return self.node_of.clients_on(node)
 
     def message(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,

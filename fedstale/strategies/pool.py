@@ -29,6 +29,7 @@ import numpy as np
 
 from ..availability import AlwaysOnline, Availability
 from ..progress import log_line
+from .idle import IdleClients
 from .selection.random_choice import RandomSelection  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
         self.max_participations = max_participations
         self.retry = retry
         self.clients: set[int] = set()
+        self._population = -1
+        """N when ``clients`` is 0 .. N-1 as :meth:`populate` made it."""
         self.busy: set[int] = set()
         self.excluded: set[int] = set()
         """Clients left out after ``max_retries`` consecutive failures."""
@@ -122,6 +125,7 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
     def populate(self, num_clients: int) -> None:
         """The population is clients ``0 .. num_clients - 1``."""
         self.clients = set(range(num_clients))
+        self._population = num_clients
 
     def participations(self, client_id: int) -> int:
         """Tasks sent to ``client_id`` so far (failed ones too)."""
@@ -163,7 +167,12 @@ class ClientPool:  # pylint: disable=too-many-instance-attributes
             self.retry_first.remove(client)
             if client not in self.busy and client not in self.excluded | spent:
                 chosen.append(client)
-        idle = sorted(self.clients - self.busy - self.excluded - spent - set(chosen) - waiting)
+        unavailable = self.busy | self.excluded | spent | set(chosen) | waiting
+        idle: list[int] | IdleClients
+        if getattr(self.policy, "lazy_idle", False) and len(self.clients) == self._population:
+            idle = IdleClients(self._population, unavailable)  # the same sorted ids, not listed
+        else:
+            idle = sorted(self.clients - unavailable)
         extra = min(count - len(chosen), len(idle))
         if extra > 0:
             chosen += self.policy.choose(idle, extra, self)

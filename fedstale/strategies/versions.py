@@ -69,10 +69,19 @@ class GlobalModel:
 
 
 class SnapshotStore:
-    """Base models by version, with the number of tasks in flight that need each."""
+    """Base models by version, with the number of tasks in flight that need each.
+
+    Attributes
+    ----------
+    peak : int
+        The most base models held at once so far (at most the number of
+        tasks in flight plus the current version: it grows with the
+        concurrency, never with the population).
+    """
 
     def __init__(self) -> None:
         self._models: dict[int, list] = {}
+        self.peak = 0
 
     def __contains__(self, version: int) -> bool:
         return version in self._models
@@ -84,6 +93,7 @@ class SnapshotStore:
         """One more task starts from ``version`` (``model``, unless already stored); return it."""
         snapshot = self._models.setdefault(version, [model, 0])
         snapshot[1] += 1
+        self.peak = max(self.peak, len(self._models))
         return snapshot[0]
 
     def base(self, version: int) -> torch.Tensor:

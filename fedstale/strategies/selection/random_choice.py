@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +21,8 @@ class RandomSelection:
     """
 
     name = "random"
+    lazy_idle = True
+    """``choose`` only indexes ``idle``: the pool may pass an :class:`~fedstale.strategies.idle.IdleClients`."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -29,10 +32,15 @@ class RandomSelection:
         """A fresh generator from the seed."""
         self.rng = np.random.default_rng([self.seed, 4])
 
-    def choose(self, idle: list[int], count: int, pool: ClientPool) -> list[int]:
-        """``count`` clients drawn uniformly from ``idle``, in draw order."""
+    def choose(self, idle: Sequence[int], count: int, pool: ClientPool) -> list[int]:
+        """``count`` clients drawn uniformly from ``idle``, in draw order.
+
+        The positions are drawn as ``rng.choice(idle, ...)`` draws them (numpy
+        picks positions from the population size alone), so indexing a lazy
+        ``idle`` gives the same clients without building an array of it.
+        """
         del pool
-        return [int(c) for c in self.rng.choice(idle, size=count, replace=False)]
+        return [int(idle[int(i)]) for i in self.rng.choice(len(idle), size=count, replace=False)]
 
     def run_state(self) -> Any:
         """The generator's state."""
