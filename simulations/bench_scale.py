@@ -183,7 +183,7 @@ def vm_hwm_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
-        pass
+        return 0.0
     return 0.0
 
 
@@ -216,7 +216,8 @@ class PeakSampler(threading.Thread):
 def through_flwr_run(clients: int, concurrency: int, updates: int, timeout: float) -> dict[str, Any]:
     """One case through ``flwr run`` in a fresh private federation."""
     # pylint: disable=import-outside-toplevel
-    from fedstale.simulation.launcher import LocalFederation, raise_if_failed
+    from fedstale.results import read_csv
+    from fedstale.simulation.launcher import LocalFederation, raise_if_failed, run_folder
 
     work = Path(tempfile.mkdtemp(prefix="fst-scale-"))
     out = work / "results"
@@ -234,15 +235,9 @@ def through_flwr_run(clients: int, concurrency: int, updates: int, timeout: floa
             raise_if_failed(proc)
         leftover = fed.processes()
         log = proc.stdout + proc.stderr
-        found = sorted(out.glob("*/metrics.csv"))
-        if len(found) != 1:
-            raise RuntimeError(f"flwr run wrote {len(found)} metrics.csv; output:\n{log[-3000:]}")
-        import csv
-
-        with found[0].open(newline="", encoding="utf-8") as handle:
-            metrics = list(csv.DictReader(handle))
-        with (found[0].parent / "clients.csv").open(newline="", encoding="utf-8") as handle:
-            rows = sum(1 for _ in csv.DictReader(handle))
+        run_dir = run_folder(out, log)
+        metrics = read_csv(run_dir / "metrics.csv")
+        rows = len(read_csv(run_dir / "clients.csv"))
         bases = MEMORY.findall(log)
         transport = TRANSPORT.findall(log)
         return {

@@ -54,7 +54,6 @@ Run from the repository root (about 2 minutes)::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import shutil
@@ -70,8 +69,8 @@ if str(REPO) not in sys.path:
 
 # pylint: disable=wrong-import-position
 from fedstale.config import load_config  # noqa: E402
-from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS, WALL_COLUMNS  # noqa: E402
-from fedstale.simulation.launcher import LocalFederation, raise_if_failed  # noqa: E402
+from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS, WALL_COLUMNS, read_csv  # noqa: E402
+from fedstale.simulation.launcher import LocalFederation, raise_if_failed, run_folder  # noqa: E402
 from fedstale.simulation.local_grid import LocalGrid, run_in_process  # noqa: E402
 from fedstale.strategies import MemoryRecorder  # noqa: E402
 
@@ -95,12 +94,6 @@ def load() -> str:
     """The 1, 5 and 15 minute load averages."""
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def _text(value: Any) -> str:
@@ -183,10 +176,8 @@ def through_flwr_run(
         raise_if_failed(proc)
     leftover = fed.processes()
     log = proc.stdout + proc.stderr
-    found = sorted(out.glob("*/metrics.csv"))
-    if len(found) != 1:
-        raise RuntimeError(f"flwr run wrote {len(found)} metrics.csv; output:\n{log[-3000:]}")
-    metrics, clients = read_csv(found[0]), read_csv(found[0].parent / "clients.csv")
+    run_dir = run_folder(out, log)
+    metrics, clients = read_csv(run_dir / "metrics.csv"), read_csv(run_dir / "clients.csv")
     imported, entered = match(IMPORTED, log)
     queried, queries_from, preparing = match(QUERIED, log)
     tasks, messages, first, evaluation = match(TRANSPORT, log)

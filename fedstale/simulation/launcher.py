@@ -35,7 +35,23 @@ __all__ = [
     "free_port",
     "raise_if_failed",
     "run_failed",
+    "run_folder",
 ]
+
+
+def run_folder(output_dir: Path, log: str) -> Path:
+    """The one run folder a ``flwr run`` wrote under ``output_dir`` (its ``run.output_dir``).
+
+    Raises
+    ------
+    RuntimeError
+        If there is not exactly one folder with a ``metrics.csv``; the
+        message ends with the run's output (``log``).
+    """
+    found = sorted(Path(output_dir).glob("*/metrics.csv"))
+    if len(found) != 1:
+        raise RuntimeError(f"flwr run wrote {len(found)} metrics.csv; output:\n{log[-3000:]}")
+    return found[0].parent
 
 
 def format_run_config(values: dict[str, Any]) -> str:
