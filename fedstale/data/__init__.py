@@ -158,8 +158,9 @@ def load_client_data(
 def synthetic_train_size(name: str, spec: PartitionSpec, client_id: int, held_out: float = 0.0) -> int:
     """``len(load_client_data(...)[1])`` of a synthetic client, without generating its examples.
 
-    Only its example count is drawn (stream 0), so a ClientApp that
-    prepares a million clients spends microseconds on each.
+    Only its stream-0 draws are made (its example count and model, a few
+    hundred numbers), none of its examples, so a ClientApp that prepares a
+    million clients spends microseconds on each.
     """
     synthetic = synthetic_spec(name, spec.synthetic, spec.num_partitions)
     count = client_model(synthetic, spec.seed, client_id).num_examples
