@@ -23,12 +23,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
+from .app_files import stage_app
 from .config import Config, ConfigError, load_config, resolve_config_path
 from .results import unique_run_dir
 from .simulation.launcher import format_run_config, run_failed
@@ -182,8 +184,10 @@ def run_flower(plan: RunPlan, app_dir: Path, log: TextIO | None = None) -> Path:
     log = sys.stderr if log is None else log
     env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     lines: list[str] = []
-    with subprocess.Popen(
-        flwr_run_command(plan, app_dir),
+    # flwr run builds the FAB from a staged copy of its files: the same FAB,
+    # without walking the app folder's .venv (fedstale.app_files)
+    with tempfile.TemporaryDirectory(prefix="fedstale-app-") as staging, subprocess.Popen(
+        flwr_run_command(plan, stage_app(app_dir, staging)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

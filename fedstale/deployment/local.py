@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from ..app_files import stage_app
 from ..certificates import Credentials
 from ..processes import free_port, pids_with_flwr_home, stop_all, stop_processes
 from ..simulation.launcher import FlwrRunError, raise_if_failed
@@ -203,9 +204,15 @@ class LocalDeployment(SuperNodeControl):
             ) from err
 
     def submit(self, app_dir: str | Path, run_config: dict[str, Any] | None = None) -> subprocess.Popen[str]:
-        """Start ``flwr run ... --stream`` without waiting (see :meth:`finish`)."""
+        """Start ``flwr run ... --stream`` without waiting (see :meth:`finish`).
+
+        ``flwr run`` gets a staged copy of the app's FAB files
+        (:func:`fedstale.app_files.stage_app`): the same FAB, built without
+        walking ``app_dir``'s ``.venv``.
+        """
+        staged = stage_app(app_dir, self.superlink_dir.parent / "apps")
         return subprocess.Popen(  # pylint: disable=consider-using-with
-            self.commands.flwr_run(app_dir, run_config),
+            self.commands.flwr_run(staged, run_config),
             cwd=str(self.superlink_dir.parent),
             env=self.env,
             stdout=subprocess.PIPE,

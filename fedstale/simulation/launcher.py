@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..app_files import stage_app
 from ..processes import free_port, pids_with_flwr_home, stop_all
 
 __all__ = [
@@ -83,6 +84,7 @@ class LocalFederation:
     def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.flwr_home = (Path(workdir) / "flwr-home").resolve()
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self._apps = self.flwr_home.parent / "apps"  # staged app folders (fedstale.app_files)
         # Ray's socket paths must fit in 107 bytes, so its private folder
         # has to be short: /tmp/fedstale-ray-XXXXXXXX.
         self.ray_tmpdir = Path(tempfile.mkdtemp(prefix="fedstale-ray-", dir="/tmp"))
@@ -127,9 +129,12 @@ class LocalFederation:
 
         The local SuperLink is started (by ``flwr``) in ``cwd`` (default:
         ``app_dir``), which is where relative results folders land. With
-        ``check``, a failed run raises :class:`FlwrRunError`.
+        ``check``, a failed run raises :class:`FlwrRunError`. ``flwr run`` is
+        given a staged copy of the app's FAB files
+        (:func:`fedstale.app_files.stage_app`): the same FAB, built without
+        walking ``app_dir``'s ``.venv``.
         """
-        command = [self.flwr, "run", str(app_dir), "--stream"]
+        command = [self.flwr, "run", str(stage_app(app_dir, self._apps)), "--stream"]
         if run_config:
             command += ["--run-config", format_run_config(run_config)]
         if federation_config:
