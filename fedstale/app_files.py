@@ -21,7 +21,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from flwr.cli.utils import build_pathspec, filter_paths_for_publish, load_gitignore_patterns
+from flwr.cli.utils import (
+    build_pathspec,
+    filter_paths_for_publish,
+    load_gitignore_patterns,
+)
 from flwr.supercore.constant import APP_PUBLISH_EXCLUDE_PATTERNS
 
 __all__ = ["fab_files", "stage_app"]

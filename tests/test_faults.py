@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from fedstale.builders import build_strategy, initial_arrays, run_strategy
 from fedstale.client_app import app as fedstale_client_app
+from fedstale.packing import packed_arrays_mod
 from fedstale.results import RunRecorder, read_csv
 from fedstale.simulation.local_grid import LocalGrid
 from tests.helpers import config
@@ -79,11 +80,17 @@ FAULTS = {
 
 
 def faulty_app(message: Message, context) -> Message:
-    """fedstale's ClientApp, except for the TRAIN messages of the clients in FAULTS."""
-    client = message.content["config"].get("client-id") if "config" in message.content else None
-    if message.metadata.message_type == "train" and client in FAULTS:
-        return FAULTS[client][0](message)
-    return fedstale_client_app(message, context)
+    """fedstale's ClientApp, except for the TRAIN messages of the clients in FAULTS,
+    which it answers inside its packing mod (so a faulty reply is packed as
+    fedstale's ClientApp packs any reply)."""
+
+    def answer(message: Message, context) -> Message:
+        client = message.content["config"].get("client-id") if "config" in message.content else None
+        if message.metadata.message_type == "train" and client in FAULTS:
+            return FAULTS[client][0](message)
+        return fedstale_client_app(message, context)
+
+    return packed_arrays_mod(message, context, answer)
 
 
 class Watched:

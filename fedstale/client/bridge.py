@@ -49,6 +49,8 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from ..batching import CAPABILITY_KEY
+from ..packing import CAPABILITY_KEY as PACKING_KEY
+from ..packing import packed_arrays_mod
 from .batch import batch_handler, with_mods
 from .training import pick_device
 
@@ -126,7 +128,8 @@ def build_client_app(
     handler is registered with ``mods`` (+ ``train_mods``) as its own
     function-specific mods, which is how Flower applies app-wide mods too.
     """
-    app = ClientApp()
+    # outermost: every handler and mod sees a packed message as it was sent
+    app = ClientApp(mods=[packed_arrays_mod])
     mods, train_mods = list(mods or []), list(mods or []) + list(train_mods or [])
 
     def _train(message: Message, context: Context) -> Message:
@@ -190,6 +193,7 @@ def build_client_app(
                     "num-examples": sizes,
                     "prepare-seconds": time.perf_counter() - started,
                     CAPABILITY_KEY: True,
+                    PACKING_KEY: True,
                 }
             )
             return Message(RecordDict({"config": reply}), reply_to=message)

@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from ..batching import CAPABILITY_KEY
+from ..packing import CAPABILITY_KEY as PACKING_KEY
 from ..progress import log_line
 from .node_map import NodeMap
 
@@ -53,6 +54,8 @@ class Placement:
         """Client id → training-set size, for the clients whose node reported it."""
         self.batch_nodes: set[int] = set()
         """The SuperNodes whose ClientApp accepts ``train.batch`` messages."""
+        self.packed_nodes: set[int] = set()
+        """The SuperNodes whose ClientApp unpacks packed arrays (:mod:`fedstale.packing`)."""
         self.prepare_seconds: dict[int, float] = {}
         """SuperNode id → seconds its ClientApp spent preparing its clients (if it said)."""
 
@@ -146,6 +149,8 @@ def discover(  # pylint: disable=too-many-arguments
     for node, reply in query(grid, prepare, **ask).items():
         if reply.get(CAPABILITY_KEY, False):
             placement.batch_nodes.add(node)
+        if reply.get(PACKING_KEY, False):
+            placement.packed_nodes.add(node)
         if "prepare-seconds" in reply:
             placement.prepare_seconds[node] = float(reply["prepare-seconds"])  # type: ignore[arg-type]
         ids = reply.get("client-ids", [])
@@ -160,11 +165,13 @@ def discover(  # pylint: disable=too-many-arguments
         max(placement.prepare_seconds.values(), default=0.0),
     )
     log_line(
-        "%d clients on %d SuperNodes; training-set sizes known for %d; %d nodes take batches",
+        "%d clients on %d SuperNodes; training-set sizes known for %d; %d nodes take batches, "
+        "%d packed arrays",
         placement.num_clients,
         len(nodes),
         len(placement.num_examples),
         len(placement.batch_nodes),
+        len(placement.packed_nodes),
     )
     return placement
 

@@ -23,6 +23,11 @@ A message may carry several TRAIN tasks for one node (a
 waiting tasks go out together, earliest virtual finish first, and the
 batch's reply comes back as one reply per task. The limits above count
 messages, not tasks.
+
+To a node whose ClientApp unpacks them (``packed`` nodes), every message
+goes with its arrays packed into one Flower object, and its reply is
+unpacked as it is pulled (:mod:`fedstale.packing`): fewer objects on every
+hop, the same arrays.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from ..batching import delivered_at, fit_seconds, task_seconds
+from ..packing import pack_message, unpack_message
 from .batches import Batch, BatchRule
 
 
@@ -64,6 +70,8 @@ class Transport:
         Wall seconds after which a pushed job without reply has timed out.
     batching : BatchRule | None (default: None)
         Which TRAIN tasks may share a message; None: one task per message.
+    packed : Iterable[int] (default: none)
+        The nodes that are sent their messages' arrays packed.
 
     Attributes
     ----------
@@ -80,8 +88,10 @@ class Transport:
         window: int | None,
         timeout: float,
         batching: BatchRule | None = None,
+        packed: Iterable[int] = (),
     ) -> None:
         self.max_per_node = max_per_node
+        self.packed = frozenset(packed)
         self.window = window
         self.timeout = timeout
         self.batching = batching if batching is not None else BatchRule()
@@ -107,7 +117,9 @@ class Transport:
         if not groups:
             return []
         outgoing: list[Job | Batch] = [Batch(group) if len(group) > 1 else group[0] for group in groups]
-        ids = list(grid.push_messages([o.message for o in outgoing]))  # type: ignore[misc]
+        messages: list[Message] = [o.message for o in outgoing]  # type: ignore[misc]
+        messages = [pack_message(m) if m.metadata.dst_node_id in self.packed else m for m in messages]
+        ids = list(grid.push_messages(messages))
         now = time.monotonic()
         rejected = []
         for group, entry, message_id in zip(groups, outgoing, ids):
@@ -173,6 +185,7 @@ class Transport:
             entry = self._pushed.pop(reply.metadata.reply_to_message_id, None)
             if entry is None:
                 continue
+            unpack_message(reply)
             self._load[entry.node_id] -= 1
             if isinstance(entry, Batch):
                 self.batching.observe(entry.jobs, task_seconds(reply))
