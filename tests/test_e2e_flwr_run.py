@@ -109,11 +109,13 @@ def test_default_run_writes_the_output_contract(default_run):
 
 @pytest.mark.xdist_group("e2e-default-run")
 def test_nothing_is_written_outside_the_working_directory(federation, default_run):
-    """HOME stays empty: Flower's state is in FLWR_HOME, caches in the working dir."""
+    """HOME stays empty: Flower's state is in FLWR_HOME, caches (Matplotlib's,
+    fedstale's data cache) in the working dir."""
     _, work = federation
     written = sorted(str(p.relative_to(work / "home")) for p in (work / "home").rglob("*"))
     assert written == []
     assert (work / "cwd" / ".cache" / "matplotlib").is_dir()
+    assert {p.name.split("-")[0] for p in (work / "cwd" / ".cache" / "fedstale").iterdir()} == {"digits", "partition"}
 
 
 @pytest.mark.xdist_group("e2e-default-run")

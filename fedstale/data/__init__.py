@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+from dataclasses import asdict, replace
 from functools import lru_cache
 
 import numpy as np
 
 from ..fairness import held_out_split
+from .cache import cached_arrays, library_versions
 from .digits import load_digits_split
 from .images import IMAGE_DATASETS, load_image_split, register_torchvision_dataset
 from .partition import PARTITIONERS, PartitionError, PartitionSpec, client_arrays, partition_indices
@@ -96,7 +98,20 @@ def _indices(
     name: str, test_fraction: float, spec: PartitionSpec, server_val_size: int, path: str = ""
 ) -> tuple[np.ndarray, ...]:
     data = load_split(name, test_fraction, spec.seed, server_val_size, path)
-    return tuple(partition_indices(data.y_train, spec))
+    labels = np.ascontiguousarray(data.y_train)
+    key = {
+        "labels": hashlib.sha256(labels.tobytes()).hexdigest(),
+        "labels_dtype": str(labels.dtype),
+        "spec": asdict(spec),
+        **library_versions("flwr-datasets", "datasets", "numpy"),
+    }
+
+    def compute() -> dict[str, np.ndarray]:
+        parts = partition_indices(labels, spec)
+        return {"indices": np.concatenate(parts), "sizes": np.array([len(p) for p in parts], np.int64)}
+
+    stored = cached_arrays("partition", key, compute)
+    return tuple(np.split(stored["indices"].astype(np.int64, copy=False), np.cumsum(stored["sizes"])[:-1]))
 
 
 def client_partitions(
