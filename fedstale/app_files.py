@@ -30,6 +30,7 @@ from flwr.supercore.constant import APP_PUBLISH_EXCLUDE_PATTERNS
 
 __all__ = ["fab_files", "stage_app"]
 
+
 def fab_files(app_dir: str | Path) -> dict[str, Path]:
     """The files of ``app_dir`` Flower's FAB filter keeps, by POSIX path relative to it.
 

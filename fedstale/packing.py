@@ -121,9 +121,11 @@ def unpack_arrays(content: RecordDict) -> RecordDict:
     data = content[PACKED_ARRAYS]["data"].data
     keys, dtypes, stypes = layout["keys"], layout["dtypes"], layout["stypes"]
     ndims, sizes, shapes = layout["ndims"], layout["sizes"], layout["shapes"]
-    described = sum(sizes)  # type: ignore[arg-type]
-    if described != len(data) or sum(layout["counts"]) != len(keys):  # type: ignore[arg-type]
+    described, counted = sum(sizes), sum(layout["counts"])  # type: ignore[arg-type]
+    if described != len(data):
         raise ValueError(f"packed arrays: the layout describes {described} bytes, got {len(data)}")
+    if counted != len(keys):
+        raise ValueError(f"packed arrays: the layout counts {counted} arrays, names {len(keys)}")
     arrays: dict[str, ArrayRecord] = {}
     at = dim = index = 0
     for name, count in zip(layout["records"], layout["counts"]):  # type: ignore[call-overload]

@@ -22,6 +22,36 @@ SEED_OVERRIDES: dict[str, int] = {"run.seed": SEED, "data.seed": SEED} if SEED e
 """Dotted overrides that apply :data:`SEED` (none for seed 0)."""
 
 
+PROBE_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "probe"
+version = "{version}"
+description = "fedstale superexec test app"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["probe"]
+
+[tool.flwr.app]
+publisher = "tests"
+
+[tool.flwr.app.components]
+serverapp = "probe.server:app"
+clientapp = "probe.client:app"
+
+[tool.flwr.app.config]
+plan = "count"
+out = ""
+"""
+"""The ``pyproject.toml`` of a minimal Flower app, ``probe`` (``probe.server:app``,
+``probe.client:app``); ``{version}`` is its version (a FAB of its own per version)."""
+
+
 TINY_OVERRIDES: dict[str, Any] = {
     "data.num_clients": 6,
     "strategy.concurrency": 3,

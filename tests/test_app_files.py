@@ -11,28 +11,9 @@ from flwr.cli.build import build_fab_from_disk
 from flwr.cli.utils import collect_files, filter_paths_for_publish
 
 from fedstale.app_files import fab_files, stage_app
-from tests.helpers import ROOT
+from tests.helpers import PROBE_PYPROJECT, ROOT
 
-PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "tinyapp"
-version = "1.0.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "tests"
-
-[tool.flwr.app.components]
-serverapp = "tinyapp.server:app"
-clientapp = "tinyapp.client:app"
-"""
+PYPROJECT = PROBE_PYPROJECT.format(version="1.0.0")
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -64,10 +45,10 @@ def test_ignored_folders_are_not_entered_and_the_same_files_are_kept(tmp_path):
         {
             "pyproject.toml": PYPROJECT,
             ".gitignore": "results/\n*.log\nbuild\n",
-            "tinyapp/__init__.py": "",
-            "tinyapp/server.py": "app = None\n",
-            "tinyapp/conf.yaml": "a: 1\n",
-            "tinyapp/__pycache__/server.cpython-311.py": "",
+            "probe/__init__.py": "",
+            "probe/server.py": "app = None\n",
+            "probe/conf.yaml": "a: 1\n",
+            "probe/__pycache__/server.cpython-311.py": "",
             "results/run/metrics.json": "{}",
             "build/lib/x.py": "",
             "notes.log": "",
@@ -77,11 +58,11 @@ def test_ignored_folders_are_not_entered_and_the_same_files_are_kept(tmp_path):
             "data.bin": "binary, not in the publish rules",
         },
     )
-    os.symlink(app / "tinyapp", app / "linked")
-    (app / "linked.py").symlink_to(app / "tinyapp" / "server.py")
+    os.symlink(app / "probe", app / "linked")
+    (app / "linked.py").symlink_to(app / "probe" / "server.py")
     kept = fab_files(app)
-    assert sorted(kept) == [".gitignore", "docs/guide.md", "pyproject.toml", "tinyapp/__init__.py",
-                            "tinyapp/conf.yaml", "tinyapp/server.py"]
+    assert sorted(kept) == [".gitignore", "docs/guide.md", "probe/__init__.py", "probe/conf.yaml",
+                            "probe/server.py", "pyproject.toml"]
     assert kept.keys() == _flowers_own(app).keys()
     assert build_fab_from_disk(stage_app(app, tmp_path / "staged")) == build_fab_from_disk(app)
 
@@ -95,13 +76,13 @@ def test_a_gitignore_re_include_is_honoured(tmp_path):
         {
             "pyproject.toml": PYPROJECT,
             ".gitignore": "docs/*\n!docs/keep.md\n",
-            "tinyapp/server.py": "",
+            "probe/server.py": "",
             "docs/drop.md": "",
             "docs/keep.md": "",
         },
     )
     kept = fab_files(app)
-    assert sorted(kept) == [".gitignore", "docs/keep.md", "pyproject.toml", "tinyapp/server.py"]
+    assert sorted(kept) == [".gitignore", "docs/keep.md", "probe/server.py", "pyproject.toml"]
     assert kept.keys() == _flowers_own(app).keys()
 
 
@@ -109,7 +90,7 @@ def test_a_big_ignored_folder_is_not_walked(tmp_path, monkeypatch):
     """2,000 files in ``.venv``: Flower's walk reads them all, ours none
     (the counts are the walk's, not its time, so the test cannot flake)."""
     app = tmp_path / "app"
-    _write(app, {"pyproject.toml": PYPROJECT, "tinyapp/server.py": ""})
+    _write(app, {"pyproject.toml": PYPROJECT, "probe/server.py": ""})
     venv = app / ".venv" / "lib"
     venv.mkdir(parents=True)
     for i in range(20):
@@ -130,5 +111,5 @@ def test_a_big_ignored_folder_is_not_walked(tmp_path, monkeypatch):
     ours = len(walked)
     walked.clear()
     theirs = _flowers_own(app)
-    assert kept.keys() == theirs.keys() == {"pyproject.toml", "tinyapp/server.py"}
+    assert kept.keys() == theirs.keys() == {"pyproject.toml", "probe/server.py"}
     assert ours == 2 and len(walked) == 2_002

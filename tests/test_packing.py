@@ -113,6 +113,10 @@ def test_a_bad_layout_is_refused():
     packed[PACKED_LAYOUT]["sizes"] = [1] + list(packed[PACKED_LAYOUT]["sizes"])[1:]
     with pytest.raises(ValueError, match="packed arrays: the layout describes"):
         unpack_arrays(packed)
+    packed = pack_arrays(_content())
+    packed[PACKED_LAYOUT]["counts"] = [c + 1 for c in packed[PACKED_LAYOUT]["counts"]]
+    with pytest.raises(ValueError, match="packed arrays: the layout counts 28 arrays, names 26"):
+        unpack_arrays(packed)
 
 
 def test_a_packed_resnet8_message_is_7_flower_objects_instead_of_50():

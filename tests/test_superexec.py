@@ -25,33 +25,7 @@ import pytest
 from fedstale import superexec
 from fedstale.deployment import LocalDeployment
 from fedstale.superexec.dispatcher import describe_exit
-
-PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "probe"
-version = "{version}"
-description = "fedstale superexec test app"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["probe"]
-
-[tool.flwr.app]
-publisher = "tests"
-
-[tool.flwr.app.components]
-serverapp = "probe.server:app"
-clientapp = "probe.client:app"
-
-[tool.flwr.app.config]
-plan = "count"
-out = ""
-"""
+from tests.helpers import PROBE_PYPROJECT
 
 SERVER = '''\
 """Send the plan's QUERY messages to the one SuperNode, one at a time; write the replies."""
@@ -124,7 +98,7 @@ def query(message: Message, context: Context) -> Message:
 def write_probe_app(folder: Path, version: str = "1.0.0") -> Path:
     """The probe app in ``folder`` (a FAB of its own per ``version``)."""
     (folder / "probe").mkdir(parents=True)
-    (folder / "pyproject.toml").write_text(PYPROJECT.format(version=version))
+    (folder / "pyproject.toml").write_text(PROBE_PYPROJECT.format(version=version))
     (folder / "probe" / "__init__.py").write_text("")
     (folder / "probe" / "server.py").write_text(SERVER)
     (folder / "probe" / "client.py").write_text(CLIENT.format(version=version))

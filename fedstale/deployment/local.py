@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,6 +62,7 @@ class LocalDeployment(SuperNodeControl):
         self.flwr_home = root / "flwr-home"
         self.superlink_dir = root / "superlink"
         self.log_dir = root / "logs"
+        self._apps = root / "apps"  # staged app folders for flwr run (fedstale.app_files)
         for folder in (self.flwr_home, self.superlink_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.credentials = credentials
@@ -210,7 +212,7 @@ class LocalDeployment(SuperNodeControl):
         (:func:`fedstale.app_files.stage_app`): the same FAB, built without
         walking ``app_dir``'s ``.venv``.
         """
-        staged = stage_app(app_dir, self.superlink_dir.parent / "apps")
+        staged = stage_app(app_dir, self._apps)
         return subprocess.Popen(  # pylint: disable=consider-using-with
             self.commands.flwr_run(staged, run_config),
             cwd=str(self.superlink_dir.parent),
@@ -280,8 +282,9 @@ class LocalDeployment(SuperNodeControl):
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                pass
+                continue  # already killed above; only its reaping is late, not worth waiting longer for
         for log in self._logs.values():
             log.close()
+        shutil.rmtree(self._apps, ignore_errors=True)
 
 

@@ -157,9 +157,11 @@ class LocalFederation:
         return pids_with_flwr_home(str(self.flwr_home))
 
     def stop(self, grace: float = 5.0) -> None:
-        """Kill this federation's SuperLink and everything in its process group."""
+        """Kill this federation's SuperLink and everything in its process group;
+        remove Ray's folder and the staged app folders."""
         stop_all(self.processes, grace)
         shutil.rmtree(self.ray_tmpdir, ignore_errors=True)
+        shutil.rmtree(self._apps, ignore_errors=True)
 
 
 class FlwrRunError(RuntimeError):

@@ -218,8 +218,8 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         self.pool.populate(self.placement.num_clients)
         self.fail_fast.reset(self.placement.num_clients)
         window = self.push_window if self.push_window else self.clock.default_push_window
-        rule, at = batch_rule(self.placement, self.tasks_per_message, self.batch_seconds, grid), self.placement
-        self.transport = Transport(at.nodes, self.max_inflight_per_node, window, self._timeout, rule, at.packed_nodes)
+        rule = batch_rule(self.placement, self.tasks_per_message, self.batch_seconds, grid)
+        self.transport = Transport.for_placement(self.placement, self.max_inflight_per_node, window, self._timeout, rule)
         self._wire()
         self.clock.start()
         self.result = Result(arrays=initial_arrays)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -42,6 +42,9 @@ from flwr.serverapp import Grid
 from ..batching import delivered_at, fit_seconds, task_seconds
 from ..packing import pack_message, unpack_message
 from .batches import Batch, BatchRule
+
+if TYPE_CHECKING:
+    from .placement import Placement
 
 
 class Job(Protocol):
@@ -101,6 +104,18 @@ class Transport:
         self.messages_pushed = self.tasks_pushed = 0
         self._held_until: dict[int, float] = {}
         self.first_train_time: float | None = None
+
+    @classmethod
+    def for_placement(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+        cls,
+        placement: Placement,
+        max_per_node: int,
+        window: int | None,
+        timeout: float,
+        batching: BatchRule,
+    ) -> Transport:
+        """A transport for ``placement``'s nodes, packing arrays for those whose ClientApp unpacks."""
+        return cls(placement.nodes, max_per_node, window, timeout, batching, placement.packed_nodes)
 
     @property
     def in_flight(self) -> int:
