@@ -211,3 +211,7 @@ def test_idle_clients_index_like_the_sorted_set_difference():
         idle, expected = IdleClients(n, gone), sorted(set(range(n)) - gone)
         assert len(idle) == len(expected) and list(idle) == expected
         assert [idle[i] for i in range(len(expected))] == expected
+        assert [c for c in range(-2, n + 3) if c in idle] == expected
+        assert [idle.rank(c) for c in range(n + 2)] == [sum(e < c for e in expected) for c in range(n + 2)]
+        more = set(rng.sample(range(n), rng.randint(0, n)))
+        assert list(idle.without(more)) == sorted(set(expected) - more)

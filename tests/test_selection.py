@@ -187,6 +187,73 @@ def test_policies_are_seeded_and_resume_where_they_stopped(name):
     assert fresh.select(3) == pool.select(3)
 
 
+def _reference_choice(name: str, idle: list[int], count: int, pool: ClientPool, rng) -> list[int]:
+    """Each policy's rule written out on the listed idle clients, as the policies first did it."""
+    if name == "random":
+        return [int(c) for c in rng.choice(idle, size=count, replace=False)]
+    if name == "round_robin":
+        return sorted(idle, key=lambda c: (c - pool.policy.cursor) % len(pool.clients))[:count]
+    if name == "least_participated":
+        return sorted(idle, key=lambda c: (pool.participations(c), c))[:count]
+    if name == "fastest_first":
+        durations = pool.last_duration
+        return sorted(idle, key=lambda c: (c in durations, durations.get(c, 0.0), c))[:count]
+    raise AssertionError(name)
+
+
+def _played_pool(name: str, population: int, steps: int, seed: int) -> ClientPool:
+    """A pool after ``steps`` dispatches and replies of random clients (random books)."""
+    gen = np.random.default_rng(seed)
+    pool = _pool(make_selection(name, seed), population)
+    for step in range(steps):
+        client = int(gen.integers(population))
+        pool.start_task(client)
+        if gen.random() < 0.7:  # the others stay busy
+            _reply(pool, client, float(gen.integers(1, 5)), 1.0 / (1 + step % 3), 10 + client % 4)
+    return pool
+
+
+@pytest.mark.parametrize("name", ["random", "round_robin", "least_participated", "fastest_first"])
+def test_lazy_idle_choices_equal_the_rule_on_the_listed_clients(name):
+    """On the lazy idle sequence every policy picks what its rule picks on the sorted list."""
+    for seed in range(30):
+        pool = _played_pool(name, population=40, steps=25, seed=seed)
+        if name == "round_robin":
+            pool.policy.cursor = seed % 40
+        idle = sorted(pool.clients - pool.busy)
+        count = 1 + seed % 7
+        expected = _reference_choice(name, idle, count, pool, np.random.default_rng([seed, 4]))
+        assert pool.select(count) == expected, seed
+
+
+def test_oort_picks_the_same_on_the_lazy_and_the_listed_idle_clients():
+    for seed in range(30):
+        lazy, listed = _played_pool("oort", 40, 25, seed), _played_pool("oort", 40, 25, seed)
+        listed._population = -1  # a population that is not 0 .. N-1: the pool lists the idle clients
+        assert lazy.select(5) == listed.select(5), seed
+
+
+@pytest.mark.parametrize("name", list(SELECTION_POLICIES))
+def test_no_policy_lists_a_million_idle_clients(name, monkeypatch):
+    """At N = 1,000,000 with 1,000 busy, a dispatch never walks the idle population."""
+    from fedstale.strategies.idle import IdleClients
+
+    def refuse(self, *args):
+        raise AssertionError("the idle population was listed")
+
+    class Population(set):
+        """The pool's clients, refusing to be walked or subtracted from."""
+
+        __iter__ = __sub__ = refuse
+
+    pool = _played_pool(name, population=1_000_000, steps=300, seed=1)
+    pool.busy |= set(range(5_000, 6_000))
+    pool.clients = Population(pool.clients)
+    monkeypatch.setattr(IdleClients, "__iter__", refuse)
+    chosen = pool.select(50)
+    assert len(set(chosen)) == 50 and not set(chosen) & pool.busy
+
+
 def test_the_new_books_are_saved():
     assert {"last_duration", "last_loss", "last_examples"} <= set(BOOKS)
     assert isinstance(RandomSelection(0).rng, np.random.Generator)

@@ -55,7 +55,13 @@ class SelectionPolicy(Protocol):
         """Start a new run."""
 
     def choose(self, idle: list[int], count: int, pool: ClientPool) -> list[int]:
-        """Pick ``count`` distinct clients among ``idle`` (sorted, ``count <= len(idle)``)."""
+        """Pick ``count`` distinct clients among ``idle`` (sorted, ``count <= len(idle)``).
+
+        A policy whose ``lazy_idle`` is True is given an
+        :class:`~fedstale.strategies.idle.IdleClients` (a sorted sequence
+        that is not listed) when the population is ``0 .. N-1``; any other
+        gets a list.
+        """
 
     def run_state(self) -> Any:
         """What :meth:`load_run_state` needs to continue the run."""

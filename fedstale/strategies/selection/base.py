@@ -15,6 +15,9 @@ class Policy:
     Subclasses set :attr:`name`, implement :meth:`choose` and, if they keep
     state across calls, :meth:`reset` and ``run_state_attributes`` (saved in
     resume points, so a resumed run chooses as the uninterrupted one).
+    A subclass that only indexes, ranks or splits ``idle``
+    (:func:`~fedstale.strategies.idle.split_idle`) sets ``lazy_idle = True``
+    to be given the idle clients without their being listed.
 
     Parameters
     ----------

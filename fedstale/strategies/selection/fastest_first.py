@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..idle import split_idle
 from .base import Policy
 
 if TYPE_CHECKING:
@@ -19,14 +21,16 @@ class FastestFirst(Policy):
     come first (lowest id first), so every client is tried once; after that
     slow clients train only when no faster one is idle. This is the
     time-to-accuracy end of the trade-off (stale-free but biased towards
-    fast clients' data). Stateless; the seed is not used.
+    fast clients' data). Stateless; the seed is not used. Only the
+    measured clients are sorted, so the cost grows with them, not with N.
     """
 
     name = "fastest_first"
+    lazy_idle = True
 
-    def choose(self, idle: list[int], count: int, pool: ClientPool) -> list[int]:
+    def choose(self, idle: Sequence[int], count: int, pool: ClientPool) -> list[int]:
         """Unmeasured clients by id, then measured ones by last duration (ties: lowest id)."""
         durations = pool.last_duration
-        return sorted(
-            idle, key=lambda c: (c in durations, durations.get(c, 0.0), c)
-        )[:count]
+        measured, unmeasured = split_idle(idle, durations)
+        chosen = [int(unmeasured[i]) for i in range(min(count, len(unmeasured)))]
+        return chosen + sorted(measured, key=lambda c: (durations[c], c))[: count - len(chosen)]

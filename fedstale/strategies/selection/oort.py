@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..idle import split_idle
 from .base import Policy
 
 if TYPE_CHECKING:
@@ -41,7 +43,9 @@ class Oort(Policy):
     draws uniformly among the idle clients never explored. Draws use
     ``default_rng([seed, 4])``; the choice depends only on the seed and the
     books, so it is deterministic on the virtual clock. Oort's
-    temporal-uncertainty bonus and its ε decay are left out.
+    temporal-uncertainty bonus and its ε decay are left out. Only the
+    explored clients are ranked; the unexplored ones are drawn by position,
+    so a lazy ``idle`` is never listed.
 
     Parameters
     ----------
@@ -56,6 +60,7 @@ class Oort(Policy):
     """
 
     name = "oort"
+    lazy_idle = True
 
     def __init__(
         self,
@@ -109,16 +114,15 @@ class Oort(Policy):
             value *= (deadline / duration) ** self.alpha
         return float(value)
 
-    def choose(self, idle: list[int], count: int, pool: ClientPool) -> list[int]:
+    def choose(self, idle: Sequence[int], count: int, pool: ClientPool) -> list[int]:
         """Exploited clients (by utility) first, then explored ones, in draw order."""
-        known = self.explored(pool)
-        explored = [c for c in idle if c in known]
-        fresh = [c for c in idle if c not in known]
+        explored, fresh = split_idle(idle, self.explored(pool))
         explore = int(np.sum(self.rng.random(count) < self.epsilon)) if self.epsilon > 0 else 0
         explore = min(max(explore, count - len(explored)), len(fresh))
         chosen = self._exploit(explored, count - explore, pool)
         if explore:
-            chosen += [int(c) for c in self.rng.choice(fresh, size=explore, replace=False)]
+            # numpy draws positions from the population size alone, as for rng.choice(fresh, ...)
+            chosen += [int(fresh[int(i)]) for i in self.rng.choice(len(fresh), size=explore, replace=False)]
         return chosen
 
     def _exploit(self, explored: list[int], count: int, pool: ClientPool) -> list[int]:
