@@ -34,6 +34,7 @@ from .app_files import stage_app
 from .config import Config, ConfigError, load_config, resolve_config_path
 from .results import unique_run_dir
 from .simulation.launcher import format_run_config, run_failed
+from .simulation.local_superlink import ensure_default_connection_superlink
 
 ENGINES = ("flower", "local")
 """Names of ``--engine``."""
@@ -183,6 +184,12 @@ def run_flower(plan: RunPlan, app_dir: Path, log: TextIO | None = None) -> Path:
     """
     log = sys.stderr if log is None else log
     env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    try:
+        # a local connection's SuperLink is started with time to start
+        # (fedstale.simulation.local_superlink: Flower kills it after 15 s)
+        ensure_default_connection_superlink(env, Path.cwd())
+    except RuntimeError as exc:
+        raise RunFailed(f"flwr run failed (local SuperLink: {exc})") from exc
     lines: list[str] = []
     # flwr run builds the FAB from a staged copy of its files: the same FAB,
     # without walking the app folder's .venv (fedstale.app_files)

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..app_files import stage_app
 from ..processes import free_port, pids_with_flwr_home, stop_all
+from .local_superlink import ensure_local_superlink
 
 __all__ = [
     "FlwrRunError",
@@ -127,13 +128,18 @@ class LocalFederation:
     ) -> subprocess.CompletedProcess[str]:
         """``flwr run APP_DIR --stream`` with the given configs; waits for the end.
 
-        The local SuperLink is started (by ``flwr``) in ``cwd`` (default:
-        ``app_dir``), which is where relative results folders land. With
+        The local SuperLink is started in ``cwd`` (default: ``app_dir``),
+        which is where relative results folders land, by
+        :func:`~fedstale.simulation.local_superlink.ensure_local_superlink`
+        with Flower's own command, before ``flwr run``: Flower would kill a
+        SuperLink slower than 15 s to start, and one killed while it creates
+        its database leaves every later run of this ``FLWR_HOME`` failing. With
         ``check``, a failed run raises :class:`FlwrRunError`. ``flwr run`` is
         given a staged copy of the app's FAB files
         (:func:`fedstale.app_files.stage_app`): the same FAB, built without
         walking ``app_dir``'s ``.venv``.
         """
+        ensure_local_superlink(self.env, cwd or app_dir)
         command = [self.flwr, "run", str(stage_app(app_dir, self._apps)), "--stream"]
         if run_config:
             command += ["--run-config", format_run_config(run_config)]
