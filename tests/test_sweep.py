@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,7 +133,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_cells(tmp_path):
         proc.wait(timeout=30)
     finally:
         stop_all(lambda: pids_with_env(SWEEP_ID_VARIABLE, sweep_id))
+        ray_dirs = list(Path("/tmp").glob(f"fsw-{sweep_id[:8]}-*"))  # the killed sweep's Ray folder
+        for folder in ray_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
     assert pids_with_env(SWEEP_ID_VARIABLE, sweep_id) == []
+    assert len(ray_dirs) == 1
     finished = [n for n in names if is_finished(out / n)]
     interrupted = [n for n in names if (out / n).exists() and n not in finished]
     assert finished and interrupted, "the sweep was not caught mid-way"

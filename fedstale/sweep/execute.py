@@ -218,8 +218,9 @@ def _run_on_ray(cells: list[Cell], workers: int, finish: Callable[[CellOutcome, 
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
         # a private instance (never one that `ray start` recorded); its socket
-        # paths must stay under 107 bytes, hence a short /tmp folder
-        temp_dir = tempfile.mkdtemp(prefix="fedstale-ray-", dir="/tmp")
+        # paths must stay under 107 bytes, hence a short /tmp folder, named
+        # after the sweep so that whoever kills a sweep can remove it
+        temp_dir = tempfile.mkdtemp(prefix=f"fsw-{sweep_id[:8]}-", dir="/tmp")
         os.environ["PYTHONPATH"] = pythonpath
         ray.init(
             address="local",
