@@ -34,8 +34,14 @@ _DEFAULT_HTTP_PORT, _DEFAULT_CONTROL_PORT = "39091", "39093"  # flwr.cli.constan
 
 
 def local_superlink_paths(env: Mapping[str, str]) -> tuple[Path, Path]:
-    """``(state.db, superlink.log)`` of the local SuperLink of ``env``'s ``FLWR_HOME``."""
-    home = Path(env["FLWR_HOME"]) if env.get("FLWR_HOME") else Path.home() / ".flwr"
+    """``(state.db, superlink.log)`` of the local SuperLink of ``env``'s ``FLWR_HOME``.
+
+    The folder is the one Flower's ``get_flwr_home`` finds (``FLWR_HOME``,
+    else ``~/.flwr``), read from ``env`` instead of this process's environment.
+    """
+    from flwr.common.constant import FLWR_DIR, FLWR_HOME  # pylint: disable=import-outside-toplevel
+
+    home = Path(env[FLWR_HOME]) if env.get(FLWR_HOME) else Path.home() / FLWR_DIR
     runtime = home / "local-superlink"
     return runtime / "state.db", runtime / "superlink.log"
 

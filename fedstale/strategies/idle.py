@@ -9,13 +9,14 @@ it as is (their ``lazy_idle``): ``random`` only indexes it, ``round_robin``
 starts at a :meth:`~IdleClients.rank`, and the policies that rank clients
 by their books (``least_participated``, ``fastest_first``, ``oort``) split it
 with :func:`split_idle` into the few clients in the books and the rest,
-which keep their id order. A policy of the user's gets a list.
+which keep their id order (:func:`unbooked_first` is the rule of the first
+two). A policy of the user's gets a list.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 
 class IdleClients(Sequence[int]):
@@ -90,3 +91,17 @@ def split_idle(idle: Sequence[int], books: Collection[int]) -> tuple[list[int], 
         known = sorted(c for c in books if c in idle)
         return known, idle.without(known)
     return [c for c in idle if c in books], [c for c in idle if c not in books]
+
+
+def unbooked_first(
+    idle: Sequence[int], books: Collection[int], count: int, key: Callable[[int], object]
+) -> list[int]:
+    """The first ``count`` of: the idle clients not in ``books`` by id, then those in it by ``key``.
+
+    ``sorted(idle, key=lambda c: (c in books, key(c) if c in books else 0, c))[:count]``
+    without listing ``idle``: only the clients in ``books`` are sorted
+    (the rule of ``least_participated`` and ``fastest_first``).
+    """
+    booked, unbooked = split_idle(idle, books)
+    chosen = [int(unbooked[i]) for i in range(min(count, len(unbooked)))]
+    return chosen + sorted(booked, key=key)[: count - len(chosen)]

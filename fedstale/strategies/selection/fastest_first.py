@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..idle import split_idle
+from ..idle import unbooked_first
 from .base import Policy
 
 if TYPE_CHECKING:
@@ -31,6 +31,4 @@ class FastestFirst(Policy):
     def choose(self, idle: Sequence[int], count: int, pool: ClientPool) -> list[int]:
         """Unmeasured clients by id, then measured ones by last duration (ties: lowest id)."""
         durations = pool.last_duration
-        measured, unmeasured = split_idle(idle, durations)
-        chosen = [int(unmeasured[i]) for i in range(min(count, len(unmeasured)))]
-        return chosen + sorted(measured, key=lambda c: (durations[c], c))[: count - len(chosen)]
+        return unbooked_first(idle, durations, count, key=lambda c: (durations[c], c))

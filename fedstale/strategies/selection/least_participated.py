@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..idle import split_idle
+from ..idle import unbooked_first
 from .base import Policy
 
 if TYPE_CHECKING:
@@ -28,6 +28,5 @@ class LeastParticipated(Policy):
 
     def choose(self, idle: Sequence[int], count: int, pool: ClientPool) -> list[int]:
         """The ``count`` idle clients with the fewest participations (ties: lowest id)."""
-        sent, never = split_idle(idle, [c for c, n in pool.task_index.items() if n > 0])
-        chosen = [int(never[i]) for i in range(min(count, len(never)))]
-        return chosen + sorted(sent, key=lambda c: (pool.participations(c), c))[: count - len(chosen)]
+        sent = [c for c, n in pool.task_index.items() if n > 0]
+        return unbooked_first(idle, sent, count, key=lambda c: (pool.participations(c), c))
