@@ -226,6 +226,7 @@ def build_strategy(config: Config, recorder: Recorder | None = None) -> AsyncStr
         tasks_per_message=config.comm.tasks_per_message,
         batch_seconds=config.comm.batch_seconds,
         poll_interval=config.comm.poll_interval,
+        max_poll_interval=config.comm.max_poll_interval,
         seed=config.run.seed,
         trust=build_trust(config),
         adversary=build_adversary(config),

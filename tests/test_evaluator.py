@@ -78,7 +78,7 @@ def test_collect_returns_the_replies_with_content():
         for job, reply in transport.pull(grid):
             job.finish(reply)
 
-    replies = Evaluator.collect(messages, transport, pump, timeout=30.0, poll_interval=0.0)
+    replies = Evaluator.collect(messages, transport, pump, timeout=30.0)
     assert len(replies) == 1 and replies[0].content["m"]["accuracy"] == 0.5
 
 

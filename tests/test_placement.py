@@ -8,6 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 
 from fedstale.simulation.local_grid import LocalGrid, _ensure_task_identity
 from fedstale.strategies.placement import ACTION_KEY, Placement, discover, query
+from fedstale.strategies.polling import Poll
 
 
 def _answering_app(partition_of, sizes=None, silent=()):
@@ -31,7 +32,7 @@ def _answering_app(partition_of, sizes=None, silent=()):
 def _discover(grid, num_clients, **options):
     return discover(
         grid, num_clients=num_clients, train_config=ConfigRecord({"lr": 0.1}),
-        timeout=5.0, ttl=60.0, poll_interval=0.0, **options,
+        timeout=5.0, ttl=60.0, poll=Poll(0.0, 0.0), **options,
     )
 
 
@@ -62,7 +63,7 @@ def test_query_returns_each_answering_nodes_config():
     grid = LocalGrid(_answering_app({0: 5, 1: 6}), num_nodes=2)
     nodes = grid.get_node_ids()
     answers = query(
-        grid, {n: ConfigRecord({ACTION_KEY: "describe"}) for n in nodes}, timeout=5.0, ttl=60.0, poll_interval=0.0
+        grid, {n: ConfigRecord({ACTION_KEY: "describe"}) for n in nodes}, timeout=5.0, ttl=60.0, poll=Poll(0.0, 0.0)
     )
     assert {n: answers[n]["partition-id"] for n in answers} == {nodes[0]: 5, nodes[1]: 6}
 

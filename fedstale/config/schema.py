@@ -320,7 +320,12 @@ class CommConfig:
     batch_seconds: float = _f(
         0.25, "auto batches (comm.tasks_per_message: 0) are filled up to this much estimated ClientApp compute, in wall seconds", gt=0
     )
-    poll_interval: float = _f(0.005, "wall seconds between pulls when nothing is ready", gt=0)
+    poll_interval: float = _f(
+        0.005, "wall seconds between pulls when nothing is ready, after a pull that brought replies; doubled after each empty pull", gt=0
+    )
+    max_poll_interval: float = _f(
+        0.0, "the longest wait between two pulls (0: auto, 0.02 on Flower's simulation engine, 0.1 on a SuperLink)", ge=0
+    )
 
 
 @dataclass

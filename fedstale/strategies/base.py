@@ -53,7 +53,6 @@ state (:mod:`.run_state`). What a strategy overrides is in :mod:`.hooks`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import TYPE_CHECKING, Any
@@ -130,8 +129,8 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         of estimated ClientApp compute (default 0.25); 1 one; N at most N.
     batch_seconds : float (default: 0.25)
         The auto batch's budget of estimated ClientApp compute, in seconds.
-    poll_interval : float (default: 0.005)
-        Wall seconds between two pulls when nothing is ready.
+    poll_interval, max_poll_interval : float (default: 0.005, 0.0)
+        Wall seconds between empty pulls, doubling from the first up to the second (0: auto; :mod:`.polling`).
     seed : int (default: 0)
         Seed of client selection and of the per-task training seeds.
     trust : TrustTracker | None (default: None)
@@ -188,6 +187,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         tasks_per_message: int = 0,
         batch_seconds: float = 0.25,
         poll_interval: float = 0.005,
+        max_poll_interval: float = 0.0,
         seed: int = 0,
         trust: TrustTracker | None = None,
         adversary: Adversary | None = None,
@@ -212,10 +212,9 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
         self.max_staleness_seconds = max_staleness_seconds
         self.eval_every, self.num_evaluate_clients = max(1, eval_every), num_evaluate_clients
         self.eval_targets = tuple(eval_targets)
-        self.max_retries, self.retry_backoff = max_retries, retry_backoff
-        self.max_participations = max_participations
+        self.max_retries, self.retry_backoff, self.max_participations = max_retries, retry_backoff, max_participations
         self.message_ttl, self.max_inflight_per_node = message_ttl, max_inflight_per_node
-        self.push_window, self.poll_interval = push_window, poll_interval
+        self.push_window, self.poll_interval, self.max_poll_interval = push_window, poll_interval, max_poll_interval
         if tasks_per_message < 0 or batch_seconds <= 0:
             raise ValueError(
                 "tasks_per_message must be >= 0 and batch_seconds > 0, "
@@ -374,7 +373,7 @@ class AsyncStrategy(EventLoop):  # pylint: disable=too-many-instance-attributes
                 if not self.inflight and not self.pool.backing_off():
                     log_line("no client left to train; stopping", warning=True)
                     break
-                time.sleep(self.poll_interval)
+                self.transport.poll.wait()
                 continue
             if self._passes_budget(task.finish_time, max_virtual_time):
                 break

@@ -210,11 +210,11 @@ class Evaluator:
         transport: Transport,
         pump: Callable[[], None],
         timeout: float,
-        poll_interval: float,
     ) -> list[Message]:
         """Send EVALUATE ``messages``; return the replies with content within ``timeout``.
 
-        ``pump`` moves the transport (and the training replies) meanwhile.
+        ``pump`` moves the transport (and the training replies) meanwhile;
+        between pumps the transport's ``poll`` waits.
         """
         jobs = []
         for message in messages:
@@ -225,5 +225,6 @@ class Evaluator:
         deadline = time.monotonic() + timeout
         while not all(j.done for j in jobs) and time.monotonic() < deadline:
             pump()
-            time.sleep(poll_interval)
+            if not all(j.done for j in jobs):
+                transport.poll.wait()
         return [j.reply for j in jobs if j.reply is not None and j.reply.has_content()]

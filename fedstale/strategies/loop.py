@@ -51,6 +51,7 @@ from .hooks import StrategyHooks
 from .inflight import InFlight
 from .ledger import Ledger
 from .placement import Placement, discover
+from .polling import Poll, poll_ceiling
 from .pool import ClientPool
 from .run_state import capture_run_state, restore_run_state
 from .task import ClientUpdate, Task, too_stale
@@ -204,22 +205,24 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         self._reset_run_state()
-        self.evaluator.evaluate_fn = evaluate_fn
-        self._num_rounds_hint = num_rounds
+        self.evaluator.evaluate_fn, self._num_rounds_hint = evaluate_fn, num_rounds
         self.global_model = GlobalModel(initial_arrays)
+        poll = Poll(self.poll_interval, poll_ceiling(grid, self.max_poll_interval))
         self.placement = discover(
             grid,
             num_clients=self.num_clients,
             train_config=self._train_config,
             timeout=self._timeout,
             ttl=self.message_ttl,
-            poll_interval=self.poll_interval,
+            poll=poll,
         )
         self.pool.populate(self.placement.num_clients)
         self.fail_fast.reset(self.placement.num_clients)
         window = self.push_window if self.push_window else self.clock.default_push_window
         rule = batch_rule(self.placement, self.tasks_per_message, self.batch_seconds, grid)
-        self.transport = Transport.for_placement(self.placement, self.max_inflight_per_node, window, self._timeout, rule)
+        self.transport = Transport.for_placement(
+            self.placement, self.max_inflight_per_node, window, self._timeout, rule, poll
+        )
         self._wire()
         self.clock.start()
         self.result = Result(arrays=initial_arrays)
@@ -359,8 +362,6 @@ class EventLoop(StrategyHooks, Strategy):  # pylint: disable=too-many-instance-a
         """Run EVALUATE on sampled clients; training events wait meanwhile."""
         arrays = self.global_model.arrays()
         messages = list(self.configure_evaluate(self.version, arrays, self._evaluate_config, grid))
-        replies = self.evaluator.collect(
-            messages, self.transport, lambda: self.courier.pump(grid), self._timeout, self.poll_interval
-        )
+        replies = self.evaluator.collect(messages, self.transport, lambda: self.courier.pump(grid), self._timeout)
         return self.aggregate_evaluate(self.version, replies)
 

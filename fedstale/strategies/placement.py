@@ -24,6 +24,7 @@ from ..batching import CAPABILITY_KEY
 from ..packing import CAPABILITY_KEY as PACKING_KEY
 from ..progress import log_line
 from .node_map import NodeMap
+from .polling import Poll
 
 ACTION_KEY = "fedstale-action"
 """ConfigRecord key of the start-up QUERY messages (``describe``/``prepare``)."""
@@ -102,7 +103,7 @@ def discover(  # pylint: disable=too-many-arguments
     train_config: ConfigRecord,
     timeout: float,
     ttl: float,
-    poll_interval: float,
+    poll: Poll,
 ) -> Placement:
     """Place the clients on the connected SuperNodes and learn their training-set sizes.
 
@@ -118,8 +119,8 @@ def discover(  # pylint: disable=too-many-arguments
         Wall seconds to wait for a first SuperNode, and for the answers.
     ttl : float
         Time-to-live of the queries and of later messages.
-    poll_interval : float
-        Wall seconds between two pulls.
+    poll : Poll
+        Waits between two pulls that brought nothing (:mod:`~fedstale.strategies.polling`).
 
     Returns
     -------
@@ -128,7 +129,7 @@ def discover(  # pylint: disable=too-many-arguments
     """
     started, started_at = time.monotonic(), time.time()
     node_ids = wait_for_nodes(grid, timeout)
-    ask = {"timeout": timeout, "ttl": ttl, "poll_interval": poll_interval}
+    ask = {"timeout": timeout, "ttl": ttl, "poll": poll}
     described = query(grid, {n: ConfigRecord({ACTION_KEY: "describe"}) for n in node_ids}, **ask)
 
     def order(node_id: int) -> tuple[float, int]:
@@ -200,7 +201,7 @@ def query(
     *,
     timeout: float,
     ttl: float,
-    poll_interval: float,
+    poll: Poll,
 ) -> dict[int, ConfigRecord]:
     """Send one QUERY per node; return the ConfigRecord of each reply, by node.
 
@@ -222,11 +223,14 @@ def query(
     answers: dict[int, ConfigRecord] = {}
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        for reply in grid.pull_messages(list(pending)):
+        replies = list(grid.pull_messages(list(pending)))
+        if replies:
+            poll.reset()
+        for reply in replies:
             pending.discard(reply.metadata.reply_to_message_id)
             node = node_of[reply.metadata.reply_to_message_id]
             if reply.has_content() and "config" in reply.content:
                 answers[node] = reply.content["config"]
         if pending:
-            time.sleep(poll_interval)
+            poll.wait()
     return answers

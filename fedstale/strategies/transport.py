@@ -42,6 +42,7 @@ from flwr.serverapp import Grid
 from ..batching import delivered_at, fit_seconds, task_seconds
 from ..packing import pack_message, unpack_message
 from .batches import Batch, BatchRule
+from .polling import Poll
 
 if TYPE_CHECKING:
     from .placement import Placement
@@ -75,6 +76,9 @@ class Transport:
         Which TRAIN tasks may share a message; None: one task per message.
     packed : Iterable[int] (default: none)
         The nodes that are sent their messages' arrays packed.
+    poll : Poll | None (default: None)
+        Waits between pulls that brought nothing (:mod:`~fedstale.strategies.polling`);
+        a pull with replies resets it. None: ``Poll()``.
 
     Attributes
     ----------
@@ -92,8 +96,10 @@ class Transport:
         timeout: float,
         batching: BatchRule | None = None,
         packed: Iterable[int] = (),
+        poll: Poll | None = None,
     ) -> None:
         self.max_per_node = max_per_node
+        self.poll = poll if poll is not None else Poll()
         self.packed = frozenset(packed)
         self.window = window
         self.timeout = timeout
@@ -113,9 +119,10 @@ class Transport:
         window: int | None,
         timeout: float,
         batching: BatchRule,
+        poll: Poll | None = None,
     ) -> Transport:
         """A transport for ``placement``'s nodes, packing arrays for those whose ClientApp unpacks."""
-        return cls(placement.nodes, max_per_node, window, timeout, batching, placement.packed_nodes)
+        return cls(placement.nodes, max_per_node, window, timeout, batching, placement.packed_nodes, poll)
 
     @property
     def in_flight(self) -> int:
@@ -210,6 +217,8 @@ class Transport:
                 if self.batching.accepts(entry):
                     self._observe_single(entry, reply)
                 answered.append((entry, reply))
+        if answered:
+            self.poll.reset()
         return answered
 
     def _observe_single(self, job: Job, reply: Message) -> None:
