@@ -31,6 +31,17 @@ from tests.helpers import SEED
 TABLE = os.environ.get("FEDSTALE_SEED_TABLE", "")
 """Where ``learned`` appends its measurements (empty: nowhere)."""
 
+# One data cache (:mod:`fedstale.data.cache`) for every process of the suite:
+# the e2e tests run their ServerApps and ClientApps in temporary working
+# directories, where the default cache (``.cache/fedstale`` of the working
+# directory) starts empty, so each of them would import scikit-learn and
+# flwr-datasets and split and partition the digits again (~3-6 CPU-s a
+# `flwr run` on these 2 cores). Set here, before pytest-xdist starts its
+# workers, it reaches them and every Flower process they start. Entries are
+# keyed by their inputs and library versions, so sharing never changes a
+# result; the tests of the cache itself and of the cold path set their own.
+os.environ.setdefault("FEDSTALE_DATA_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "fedstale"))
+
 
 @pytest.fixture(autouse=True)
 def _quiet_flower_logs():
