@@ -77,13 +77,18 @@ FEED_HOLD = 0.75 * FEED_INTERVAL
 """Longest hold of a free node's next batch after its previous push, on the simulation engine."""
 
 
-def feed_hold(grid: object) -> float:
-    """:data:`FEED_HOLD` if ``grid`` is Flower's simulation engine (its ``InMemoryGrid``), else 0."""
+def on_simulation_engine(grid: object) -> bool:
+    """Whether ``grid`` is Flower's simulation engine (its ``InMemoryGrid``)."""
     try:
         from flwr.superlink.grid import InMemoryGrid  # pylint: disable=import-outside-toplevel
     except ImportError:  # pragma: no cover - another Flower version
-        return 0.0
-    return FEED_HOLD if isinstance(grid, InMemoryGrid) else 0.0
+        return False
+    return isinstance(grid, InMemoryGrid)
+
+
+def feed_hold(grid: object) -> float:
+    """:data:`FEED_HOLD` if ``grid`` is Flower's simulation engine, else 0."""
+    return FEED_HOLD if on_simulation_engine(grid) else 0.0
 
 
 class BatchRule:

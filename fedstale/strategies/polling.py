@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 
-from .batches import FEED_INTERVAL
+from .batches import FEED_INTERVAL, on_simulation_engine
 
 ENGINE_CEILING = FEED_INTERVAL / 5
 """Longest wait between pulls on Flower's simulation engine (its ``InMemoryGrid``)."""
@@ -39,11 +39,7 @@ def poll_ceiling(grid: object, ceiling: float = 0.0) -> float:
     """``ceiling`` if > 0, else the auto ceiling for ``grid`` (see the module docstring)."""
     if ceiling > 0:
         return ceiling
-    try:
-        from flwr.superlink.grid import InMemoryGrid  # pylint: disable=import-outside-toplevel
-    except ImportError:  # pragma: no cover - another Flower version
-        return SUPERLINK_CEILING
-    return ENGINE_CEILING if isinstance(grid, InMemoryGrid) else SUPERLINK_CEILING
+    return ENGINE_CEILING if on_simulation_engine(grid) else SUPERLINK_CEILING
 
 
 class Poll:
