@@ -34,6 +34,7 @@ import pytest
 from fedstale.certificates import write_credentials
 from fedstale.deployment import LocalDeployment
 from fedstale.processes import kill_now
+from fedstale.superexec.dispatcher import AFTER_THE_TASK
 from tests.helpers import ROOT
 
 NODES = 2
@@ -193,18 +194,14 @@ def test_warm_worker_killed_mid_task(tmp_path):
         def killed_mid_task():
             return [t for t in dep.superexec_tasks("supernode-1")
                     if t["status"] == "failed" and "killed by signal 9" in t["details"]
-                    and not reply_had_landed(t["task_id"])]
+                    and not ended_before(t)]
 
-        def reply_had_landed(task_id):
-            # A kill between the worker's push of its reply and its word of it
-            # to the SuperExec: the SuperExec answers for the task, but the
-            # SuperNode has already sent the worker's reply and finished the
-            # task, so it refuses the task output (401) and the ServerApp
-            # merges that reply. Not a kill mid-task: try again.
-            log = dep.log("supernode-1-superexec")
-            start = log.find(f"during task {task_id}")
-            end = log.find(f"task {task_id} (train) failed", start)
-            return start >= 0 and "Failed to push task output" in log[start:end if end >= 0 else None]
+        def ended_before(task):
+            # A kill between the worker's push of its reply and Context and its
+            # word of it to the SuperExec: the task had ended (the SuperNode
+            # refused the SuperExec's answer and the ServerApp merges the
+            # worker's reply). Not a kill mid-task: try again.
+            return task["details"].endswith(AFTER_THE_TASK)
 
         # SIGKILL the worker while its ClientApp trains; should the task end
         # in between (the worker then dies idle and is replaced), try again
@@ -223,13 +220,12 @@ def test_warm_worker_killed_mid_task(tmp_path):
         done = dep.finish(proc, timeout=900, check=True)
         tasks = {p: dep.superexec_tasks(f"supernode-{p}") for p in range(NODES)}
         log = dep.log("supernode-1-superexec")
-        landed = {t["task_id"]: reply_had_landed(t["task_id"]) for t in tasks[1]}
     finally:
         dep.stop()
     assert dep.processes() == [], "a SuperLink, SuperNode or app process outlived the test"
 
     assert "[LOG] finished: 30 versions, " in done.stdout
-    (lost,) = [t for t in tasks[1] if t["status"] == "failed" and not landed.get(t["task_id"])]
+    (lost,) = [t for t in tasks[1] if t["status"] == "failed" and not ended_before(t)]
     pid = lost["worker_pid"]
     assert (lost["task_id"], pid) in attempts
     assert lost["details"] == f"the ClientApp worker (PID {pid}) was killed by signal 9 (SIGKILL) during the task"
@@ -254,8 +250,8 @@ def test_warm_worker_killed_mid_task(tmp_path):
                 assert task["state_in"] == last_out, (node, task["task_id"])
             if task["status"] == "completed":
                 last_out = task["state_out"]
-            elif landed.get(task["task_id"]):
-                last_out = None  # its reply landed; which Context the SuperNode kept is Flower's
+            elif ended_before(task):
+                last_out = None  # it pushed its own Context, but died before it told its digest
         assert all(int(r["client_id"]) % NODES == node for r in clients if r["node"] == str(node))
         trained = {int(r["client_id"]) for r in clients if r["node"] == str(node) and r["accepted"] == "True"}
         assert trained

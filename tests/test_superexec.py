@@ -19,11 +19,13 @@ import json
 import textwrap
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from fedstale import superexec
 from fedstale.deployment import LocalDeployment
+from fedstale.superexec import dispatcher
 from fedstale.superexec.dispatcher import describe_exit
 from tests.helpers import PROBE_PYPROJECT
 
@@ -160,6 +162,43 @@ def test_registers_as_a_subcommand():
 def test_describe_exit():
     assert describe_exit(-9) == "was killed by signal 9 (SIGKILL)"
     assert describe_exit(3) == "exited with code 3"
+
+
+class _TaskClient:
+    """A SuperNode's Runtime API that answers ``PushTaskOutput`` with ``status`` (200: accepted)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.outputs: list = []
+
+    def PushTaskOutput(self, request):  # noqa: N802 (Flower's method name)
+        self.outputs.append(request)
+        if self.status != 200:
+            response = httpx.Response(self.status, request=httpx.Request("POST", "http://supernode/PushTaskOutput"))
+            raise httpx.HTTPStatusError(f"{self.status}", request=response.request, response=response)
+
+
+@pytest.mark.parametrize("status", [200, 401, 500])
+def test_a_worker_killed_after_it_replied(status):
+    """A worker killed once it had sent its reply: the SuperExec pushes a failed
+    task output (no Context) for it. A 401 means the worker had already
+    pushed its own (the task's token is spent), so the task ended before the
+    kill, and the record says so; another error leaves the record as it was."""
+    exec_ = object.__new__(dispatcher.SuperExec)
+    exec_.task_client = _TaskClient(status)
+    killed = "the ClientApp worker (PID 7) was killed by signal 9 (SIGKILL) during the task"
+    outcome = dispatcher._Outcome(phase="replied", failure=killed)
+    exec_._answer_for(outcome)
+    (output,) = exec_.task_client.outputs
+    assert output.sub_status == "failed" and not output.HasField("context")
+    assert output.details == f"fedstale superexec: {killed}"
+    if status == 401:
+        assert outcome.failure == (
+            "the ClientApp worker (PID 7) was killed by signal 9 (SIGKILL) after the task had ended: "
+            "the SuperNode already had its reply and Context (it refused the SuperExec's task output, 401)"
+        )
+    else:
+        assert outcome.failure == killed
 
 
 # ------------------------------------------------------------ e2e

@@ -25,7 +25,11 @@ worker the SuperExec answers the task itself: an ``Error`` reply
 keeps the Context of the last task that finished. Then the next task is
 served by the new worker. (Had the worker died before it could send the
 message's metadata, the SuperNode answers by itself when the task's
-heartbeat expires, as for a dead ``flwr-clientapp``.)
+heartbeat expires, as for a dead ``flwr-clientapp``.) A worker killed in the
+instant after it pushed its reply and Context but before it told the
+SuperExec has already finished the task: the SuperNode refuses the
+SuperExec's answer (its token is spent, HTTP 401) and keeps the worker's
+reply and Context, and the task log says so (:data:`AFTER_THE_TASK`).
 """
 
 # pylint: disable=import-outside-toplevel,broad-exception-caught
@@ -107,6 +111,14 @@ class _Heartbeat(threading.Thread):
         self.join(timeout=35.0)
 
 
+AFTER_THE_TASK = (
+    "after the task had ended: the SuperNode already had its reply and Context "
+    "(it refused the SuperExec's task output, 401)"
+)
+"""How the task log ends the details of a worker that died after finishing its task
+(the kill landed between its ``PushTaskOutput`` and its ``done`` event)."""
+
+
 @dataclass
 class _Outcome:
     """How one task went on its worker."""
@@ -115,6 +127,11 @@ class _Outcome:
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     failure: str = ""  # why the worker failed the task (died, timed out)
     worker: WorkerProcess | None = None
+
+
+def _token_spent(err: BaseException) -> bool:
+    """Whether the SuperNode refused a call because the task's token is spent (HTTP 401)."""
+    return isinstance(err, httpx.HTTPStatusError) and err.response.status_code == 401
 
 
 class SuperExec:
@@ -282,12 +299,12 @@ class SuperExec:
         from flwr.app import Error, Message
         from flwr.common.serde import message_from_proto
         from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
-        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+        from flwr.supernode.runtime.run_clientapp import push_message
 
         reason = f"fedstale superexec: {outcome.failure}"
         log(ERROR, "[fedstale superexec] %s", outcome.failure)
         if outcome.phase == "replied":
-            push_task_output(self.task_client, None, SubStatus.FAILED, reason)
+            self._finish_failed(outcome, reason)
             return
         proto = object_id = None
         if outcome.phase == "message":
@@ -312,8 +329,34 @@ class SuperExec:
         try:
             push_message(self.task_client, reply, where)  # type: ignore[arg-type]
         except Exception as err:
+            if _token_spent(err):
+                self._ended_before(outcome)
+                return
             log(ERROR, "[fedstale superexec] could not push the error reply: %s", err)
-        push_task_output(self.task_client, None, SubStatus.FAILED, reason)
+        self._finish_failed(outcome, reason)
+
+    def _finish_failed(self, outcome: _Outcome, reason: str) -> None:
+        """``PushTaskOutput`` with status failed and no Context (the SuperNode keeps the last one).
+
+        Called directly rather than through Flower's ``push_task_output``,
+        which logs and swallows an HTTP error: here a 401 means the task's
+        token is spent, because the worker had finished the task itself.
+        """
+        from flwr.proto.runtime_pb2 import PushTaskOutputRequest  # pylint: disable=no-name-in-module
+
+        try:
+            self.task_client.PushTaskOutput(PushTaskOutputRequest(sub_status=SubStatus.FAILED, details=reason))
+        except Exception as err:
+            if _token_spent(err):
+                self._ended_before(outcome)
+            else:
+                log(ERROR, "[fedstale superexec] could not push the task output: %s", err)
+
+    @staticmethod
+    def _ended_before(outcome: _Outcome) -> None:
+        """The worker died after it had finished the task: say so, instead of a failure."""
+        outcome.failure = outcome.failure.replace(" during the task", "") + " " + AFTER_THE_TASK
+        log(WARNING, "[fedstale superexec] %s", outcome.failure)
 
     def _record(self, task: Any, outcome: _Outcome, acquired: float, waited: float) -> None:
         done = outcome.events.get("done", {})
