@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -20,11 +21,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from fedstale.processes import free_port, pids_with_flwr_home, stop_processes
-from fedstale.simulation.launcher import LocalFederation
+from fedstale.processes import pids_with_flwr_home, stop_processes
+from fedstale.simulation.launcher import LocalFederation, raise_if_failed
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -32,18 +34,20 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def ray_head():
-    """A Ray head on 127.0.0.1 (2 CPUs, own temp dir and ports); killed by PID after."""
+    """A Ray head on 127.0.0.1 (2 CPUs, own temp dir and ports); killed by PID after.
+
+    Its ports come from outside the kernel's ephemeral range (see
+    :func:`_reserved_ports`), so no other test's ``free_port()`` (nor a Ray
+    or Flower process binding port 0) can take one of them between the
+    choice and ``ray start`` binding it: a Ray agent that cannot bind its
+    port exits, and ``ray start --block`` then stops the whole head.
+    """
     # Ray's socket paths must fit in 107 bytes: keep the temp dir short.
     temp = Path(tempfile.mkdtemp(prefix="fsrh-", dir="/tmp"))
-    port = free_port()
-    ports = {
-        "--port": port,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(),
-    }
+    flags = ("--port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+    ports = dict(zip(flags, _reserved_ports(len(flags))))
+    port = ports["--port"]
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--temp-dir", str(temp),
                "--include-dashboard", "false", "--disable-usage-stats"]
@@ -57,11 +61,11 @@ def ray_head():
         deadline = time.monotonic() + 120
         while not _session_ready(temp):
             if head.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"ray start failed:\n{(temp / 'ray-start.log').read_text()}")
+                raise AssertionError(f"ray start failed:\n{_head_log(temp)}")
             time.sleep(0.5)
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
-        yield f"127.0.0.1:{port}", temp
+        yield RayHead(f"127.0.0.1:{port}", temp, head)
     finally:
         stop_processes({head.pid} | set(pids_with_flwr_home(str(temp))), grace=5)
         head.wait(timeout=30)
@@ -69,6 +73,47 @@ def ray_head():
         left = pids_with_flwr_home(str(temp))
         shutil.rmtree(temp, ignore_errors=True)
         assert left == [], "a Ray process outlived the test"
+
+
+class RayHead(NamedTuple):
+    """The running head: its address, temp dir and ``ray start --block`` process."""
+
+    address: str
+    temp: Path
+    process: subprocess.Popen
+
+    def state(self) -> str:
+        """Whether ``ray start`` still runs, and the end of its log and of
+        Ray's record of processes that exited (for a failure message)."""
+        code = self.process.poll()
+        alive = "running" if code is None else f"exited with {code}"
+        return f"ray start --block: {alive}\n{_head_log(self.temp)}"
+
+
+def _reserved_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now, below the ephemeral range and above
+    Ray's worker ports (10002-19999)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    chosen: list[int] = []
+    for port in random.sample(range(20000, low), low - 20000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError(f"fewer than {count} free ports in 20000-{low - 1}")
+
+
+def _head_log(temp: Path) -> str:
+    """The last lines of ``ray start``'s log and of Ray's process-exit log."""
+    parts = []
+    for path in [temp / "ray-start.log", *temp.glob("session_*/logs/ray_process_exit.log")]:
+        if path.is_file():
+            parts.append(f"--- {path.name}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
+    return "\n".join(parts)
 
 
 def _session_ready(temp: Path) -> bool:
@@ -80,9 +125,10 @@ def test_simulation_attaches_to_an_existing_ray_cluster(ray_head, tmp_path):
     """``RAY_ADDRESS`` makes ``flwr run`` use the running head: its workers log
     into the head's session, no private Ray instance is started, and the run
     writes the usual results."""
-    address, temp = ray_head
     out = tmp_path / "results"
-    fed = LocalFederation(tmp_path, env={"RAY_ADDRESS": address})
+    # Ray tries 20 times for ~36 s each to reach a GCS: 12 min before a run
+    # on a head that has gone fails. Three tries say so in under 2 min.
+    fed = LocalFederation(tmp_path, env={"RAY_ADDRESS": ray_head.address, "RAY_NUM_REDIS_GET_RETRIES": "3"})
     try:
         proc = fed.run(
             ROOT,
@@ -90,10 +136,10 @@ def test_simulation_attaches_to_an_existing_ray_cluster(ray_head, tmp_path):
              "output.checkpoint_every": 0, "run.output_dir": str(out)},
             federation_config="num-supernodes=2 client-resources-num-cpus=1",
             cwd=tmp_path,
-            check=True,
         )
+        raise_if_failed(proc, logs=ray_head.state())
         private_sessions = list(fed.ray_tmpdir.glob("ray/session_*"))  # RAY_TMPDIR/ray
-        workers = list(temp.glob("session_*/logs/worker-*.out"))
+        workers = list(ray_head.temp.glob("session_*/logs/worker-*.out"))
     finally:
         fed.stop()
     assert "[LOG] finished: 10 versions" in proc.stdout

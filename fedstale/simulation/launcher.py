@@ -18,10 +18,12 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,12 +35,29 @@ from .local_superlink import ensure_local_superlink
 __all__ = [
     "FlwrRunError",
     "LocalFederation",
+    "RAY_DID_NOT_START",
     "format_run_config",
     "free_port",
     "raise_if_failed",
+    "ray_did_not_start",
     "run_failed",
     "run_folder",
 ]
+
+RAY_DID_NOT_START = (
+    # ray/_private/node.py: the new raylet did not register with the GCS
+    # within 30 s, a wait Ray hard-codes (raylet_start_wait_time_s).
+    "The current node timed out during startup",
+    # ray/_private/node.py: the GCS of a new Ray instance did not answer.
+    "Failed to start GCS",
+)
+"""Ray's messages for a private Ray instance that failed to start: on a
+loaded machine (the test suite's workers all starting runs) its daemons can
+miss Ray's fixed startup deadlines. The run never reached a ClientApp."""
+
+_RUN_FOLDER = re.compile(r"\[LOG\] experiment .* -> (?P<folder>\S+)(?P<resumed> \(resumed at version \d+\))?$")
+"""The ServerApp's first line (:func:`fedstale.server_app.run_experiment`):
+it names the run folder, and says when the run was resumed."""
 
 
 def run_folder(output_dir: Path, log: str) -> Path:
@@ -125,6 +144,7 @@ class LocalFederation:
         timeout: float = 900,
         cwd: str | Path | None = None,
         check: bool = False,
+        ray_retries: int = 1,
     ) -> subprocess.CompletedProcess[str]:
         """``flwr run APP_DIR --stream`` with the given configs; waits for the end.
 
@@ -138,6 +158,13 @@ class LocalFederation:
         given a staged copy of the app's FAB files
         (:func:`fedstale.app_files.stage_app`): the same FAB, built without
         walking ``app_dir``'s ``.venv``.
+
+        A run whose private Ray instance did not start
+        (:func:`ray_did_not_start`) is run again, up to ``ray_retries``
+        times, with a :class:`RuntimeWarning` that quotes Ray; the folder
+        the failed attempt had opened for a new run is removed first, so the
+        run's results are those of one whole run. Any other failure is
+        returned (or raised) as it is.
         """
         ensure_local_superlink(self.env, cwd or app_dir)
         command = [self.flwr, "run", str(stage_app(app_dir, self._apps)), "--stream"]
@@ -145,15 +172,28 @@ class LocalFederation:
             command += ["--run-config", format_run_config(run_config)]
         if federation_config:
             command += ["--federation-config", federation_config]
-        proc = subprocess.run(
-            command,
-            cwd=str(cwd or app_dir),
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        for attempt in range(ray_retries + 1):
+            proc = subprocess.run(
+                command,
+                cwd=str(cwd or app_dir),
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+            ray_message = ray_did_not_start(proc)
+            if ray_message is None or attempt == ray_retries:
+                break
+            folder = _new_run_folder(proc)
+            warnings.warn(
+                f"flwr run: Ray did not start ({ray_message}); running it again"
+                + ("" if folder is None else f" after removing {folder}, which it had opened"),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         if check:
             raise_if_failed(proc)
         return proc
@@ -185,6 +225,27 @@ def run_failed(proc: subprocess.CompletedProcess[str]) -> str | None:
     for line in (proc.stdout + proc.stderr).splitlines():
         if "Exit Code:" in line:
             return line.strip()
+    return None
+
+
+def ray_did_not_start(proc: subprocess.CompletedProcess[str]) -> str | None:
+    """Ray's line saying its private instance did not start, if the run
+    failed (:func:`run_failed`) with one of :data:`RAY_DID_NOT_START`."""
+    if run_failed(proc) is None:
+        return None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if any(message in line for message in RAY_DID_NOT_START):
+            return line.strip()
+    return None
+
+
+def _new_run_folder(proc: subprocess.CompletedProcess[str]) -> Path | None:
+    """The folder a run's ServerApp opened for a new run (None: none, or a
+    resumed run's folder, which holds earlier results)."""
+    for line in proc.stdout.splitlines():
+        match = _RUN_FOLDER.search(line.strip())
+        if match:
+            return None if match["resumed"] else Path(match["folder"])
     return None
 
 
