@@ -11,6 +11,7 @@ cluster's resources are given to ``ray start``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,8 +35,23 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def ray_head():
+class RayHead(NamedTuple):
+    """The running head: its address, temp dir and ``ray start --block`` process."""
+
+    address: str
+    temp: Path
+    process: subprocess.Popen
+
+    def state(self) -> str:
+        """Whether ``ray start`` still runs, and the end of its log and of
+        Ray's record of processes that exited (for a failure message)."""
+        code = self.process.poll()
+        alive = "running" if code is None else f"exited with {code}"
+        return f"ray start --block: {alive}\n{_head_log(self.temp)}"
+
+
+@contextlib.contextmanager
+def running_head() -> Iterator[RayHead]:
     """A Ray head on 127.0.0.1 (2 CPUs, own temp dir and ports); killed by PID after.
 
     Its ports come from outside the kernel's ephemeral range (see
@@ -75,21 +93,6 @@ def ray_head():
         assert left == [], "a Ray process outlived the test"
 
 
-class RayHead(NamedTuple):
-    """The running head: its address, temp dir and ``ray start --block`` process."""
-
-    address: str
-    temp: Path
-    process: subprocess.Popen
-
-    def state(self) -> str:
-        """Whether ``ray start`` still runs, and the end of its log and of
-        Ray's record of processes that exited (for a failure message)."""
-        code = self.process.poll()
-        alive = "running" if code is None else f"exited with {code}"
-        return f"ray start --block: {alive}\n{_head_log(self.temp)}"
-
-
 def _reserved_ports(count: int) -> list[int]:
     """``count`` distinct ports free now, below the ephemeral range and above
     Ray's worker ports (10002-19999)."""
@@ -121,30 +124,57 @@ def _session_ready(temp: Path) -> bool:
     return any(temp.glob("session_*/logs/raylet.out"))
 
 
-def test_simulation_attaches_to_an_existing_ray_cluster(ray_head, tmp_path):
+UNREACHABLE = "Failed to connect to Ray cluster at"
+"""Ray's words (``ray/_private/worker.py``) when ``ray.init`` found no GCS at the address."""
+
+
+def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path):
     """``RAY_ADDRESS`` makes ``flwr run`` use the running head: its workers log
     into the head's session, no private Ray instance is started, and the run
-    writes the usual results."""
-    out = tmp_path / "results"
-    # Ray tries 20 times for ~36 s each to reach a GCS: 12 min before a run
-    # on a head that has gone fails. Three tries say so in under 2 min.
-    fed = LocalFederation(tmp_path, env={"RAY_ADDRESS": ray_head.address, "RAY_NUM_REDIS_GET_RETRIES": "3"})
+    writes the usual results.
+
+    Twice in recent full suite runs on loaded cores (once in CI, once in a
+    fresh clone here) the run's ``ray.init`` could not reach a head that had
+    started: Ray gave up after 12 min. Ray is told to give up after 3 tries here (under 2 min); a run
+    that could not reach its head is run once more on a new head, with a
+    ``RuntimeWarning`` holding the first head's state and logs; any other
+    failure, or a second unreachable head, fails the test.
+    """
+    for attempt in (1, 2):
+        work = tmp_path / f"attempt-{attempt}"
+        with running_head() as head:
+            proc, private_sessions, workers, left = _run_attached(head, work)
+            if attempt == 1 and UNREACHABLE in proc.stdout + proc.stderr:
+                warnings.warn(f"flwr run could not reach the Ray head; running it on a new one\n{head.state()}",
+                              RuntimeWarning, stacklevel=1)
+                continue
+            raise_if_failed(proc, logs=head.state())
+            break
+    assert "[LOG] finished: 10 versions" in proc.stdout
+    with (work / "results" / "default" / "clients.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 50
+    assert private_sessions == []  # no Ray instance of its own
+    assert len(workers) >= 2  # the ClientApp actors ran on the head
+    assert left == []
+
+
+def _run_attached(head: RayHead, work: Path) -> tuple[subprocess.CompletedProcess[str], list[Path], list[Path], list[int]]:
+    """The default experiment (10 versions) through ``flwr run`` with ``RAY_ADDRESS``
+    naming ``head``: the run, the private Ray sessions it made, the head's
+    worker logs, and the federation's processes left after it stopped."""
+    work.mkdir(parents=True)
+    # Ray tries 20 times for ~36 s each to reach a GCS (12 min); 3 tries say so in under 2 min.
+    fed = LocalFederation(work, env={"RAY_ADDRESS": head.address, "RAY_NUM_REDIS_GET_RETRIES": "3"})
     try:
         proc = fed.run(
             ROOT,
             {"stop.num_updates": 10, "evaluation.every": 5, "output.plots": False,
-             "output.checkpoint_every": 0, "run.output_dir": str(out)},
+             "output.checkpoint_every": 0, "run.output_dir": str(work / "results")},
             federation_config="num-supernodes=2 client-resources-num-cpus=1",
-            cwd=tmp_path,
+            cwd=work,
         )
-        raise_if_failed(proc, logs=ray_head.state())
         private_sessions = list(fed.ray_tmpdir.glob("ray/session_*"))  # RAY_TMPDIR/ray
-        workers = list(ray_head.temp.glob("session_*/logs/worker-*.out"))
+        workers = list(head.temp.glob("session_*/logs/worker-*.out"))
     finally:
         fed.stop()
-    assert "[LOG] finished: 10 versions" in proc.stdout
-    with (out / "default" / "clients.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 50
-    assert private_sessions == []  # no Ray instance of its own
-    assert len(workers) >= 2  # the ClientApp actors ran on the head
-    assert fed.processes() == []
+    return proc, private_sessions, workers, fed.processes()
