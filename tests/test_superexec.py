@@ -201,6 +201,83 @@ def test_a_worker_killed_after_it_replied(status):
         assert outcome.failure == killed
 
 
+class _DyingWorker:
+    """A worker that sends ``events`` for a task, then dies by SIGKILL."""
+
+    pid = 7
+
+    def __init__(self, events: list[dict]) -> None:
+        self.events = list(events)
+
+    def send(self, command):
+        return True
+
+    def read_event(self, timeout):
+        if self.events:
+            return self.events.pop(0)
+        raise dispatcher.WorkerGone()
+
+    def returncode(self, wait=5.0):
+        return -9
+
+
+class _Pool:
+    def __init__(self, worker) -> None:
+        self.worker, self.replaced, self.failed_starts, self.apps = worker, [], 0, {}
+
+    def get(self, fab_hash):
+        return self.worker
+
+    def replace(self, worker, why):
+        self.replaced.append(why)
+
+
+def _train_message_event() -> dict:
+    """The worker's ``message`` event for a TRAIN message from the SuperLink
+    (node 0) to node 3 (built as a proto: ``Message()`` would need Flower's
+    TaskIdentity, which only a ClientApp process has)."""
+    import base64
+    import time
+
+    from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
+    from flwr.proto.message_pb2 import Metadata  # pylint: disable=no-name-in-module
+    from flwr.proto.recorddict_pb2 import RecordDict  # pylint: disable=no-name-in-module
+
+    proto = ProtoMessage(metadata=Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=3,
+                                           message_type="train", ttl=3600.0, created_at=time.time()),
+                         content=RecordDict())  # the metadata the SuperNode sends: content comes as objects
+    return {"event": "message", "metadata": base64.b64encode(proto.SerializeToString()).decode(),
+            "object_id": "m1", "message_type": "train"}
+
+
+@pytest.mark.parametrize("last", ["message", "replying"])
+def test_a_worker_killed_while_it_trains_or_pushes_its_reply(monkeypatch, last):
+    """Killed while its ClientApp ran, or after its ``replying`` event (its
+    reply half-pushed): the SuperExec pushes an error reply for the message
+    and a failed task output either way, and the record says which."""
+    events = [{"event": "accepted"}, {"event": "input"}, _train_message_event()]
+    if last == "replying":
+        events.append({"event": "replying"})
+    exec_ = object.__new__(dispatcher.SuperExec)
+    exec_.pool = _Pool(_DyingWorker(events))
+    exec_.options = type("Options", (), {"worker_start_timeout": 5.0, "task_timeout": 5.0})()
+    exec_.task_client = _TaskClient(200)
+    pushed = []
+    monkeypatch.setattr("flwr.supernode.runtime.run_clientapp.push_message",
+                        lambda client, reply, where: pushed.append((reply, where)))
+    outcome = exec_._on_worker(type("Task", (), {"task_id": 5, "fab_hash": "f"})(), "token")
+    when = "during the task" if last == "message" else dispatcher.WHILE_REPLYING
+    assert outcome.phase == last
+    assert outcome.failure == f"the ClientApp worker (PID 7) was killed by signal 9 (SIGKILL) {when}"
+    assert exec_.pool.replaced == ["was killed by signal 9 (SIGKILL) during task 5"]
+    exec_._answer_for(outcome)
+    ((reply, where),) = pushed
+    assert reply.error.code == 8 and reply.error.reason == f"fedstale superexec: {outcome.failure}"
+    assert reply.metadata.reply_to_message_id == "m1" and where.node_id == 3
+    (output,) = exec_.task_client.outputs
+    assert output.sub_status == "failed" and output.details == f"fedstale superexec: {outcome.failure}"
+
+
 # ------------------------------------------------------------ e2e
 
 

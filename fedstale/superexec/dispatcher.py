@@ -29,7 +29,12 @@ heartbeat expires, as for a dead ``flwr-clientapp``.) A worker killed in the
 instant after it pushed its reply and Context but before it told the
 SuperExec has already finished the task: the SuperNode refuses the
 SuperExec's answer (its token is spent, HTTP 401) and keeps the worker's
-reply and Context, and the task log says so (:data:`AFTER_THE_TASK`).
+reply and Context, and the task log says so (:data:`AFTER_THE_TASK`). A
+worker killed while it pushed its reply may have left the reply's message
+on the SuperNode without all its objects: the SuperNode then forwards that
+message rather than the SuperExec's error reply, and the ServerApp reads
+Flower's "Reply message objects are unavailable" error; the task log says
+which of the two it may be (:data:`WHILE_REPLYING`).
 """
 
 # pylint: disable=import-outside-toplevel,broad-exception-caught
@@ -118,12 +123,19 @@ AFTER_THE_TASK = (
 """How the task log ends the details of a worker that died after finishing its task
 (the kill landed between its ``PushTaskOutput`` and its ``done`` event)."""
 
+WHILE_REPLYING = (
+    "while it pushed its reply: the ServerApp gets this error reply or, if the SuperNode "
+    "already had the reply's message, Flower's 'Reply message objects are unavailable'"
+)
+"""How the task log ends the details of a worker that died between its
+``replying`` and ``replied`` events (during ``push_message`` of its reply)."""
+
 
 @dataclass
 class _Outcome:
     """How one task went on its worker."""
 
-    phase: str = "claimed"  # claimed -> input -> message -> replied -> done
+    phase: str = "claimed"  # claimed -> input -> message -> replying -> replied -> done
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     failure: str = ""  # why the worker failed the task (died, timed out)
     worker: WorkerProcess | None = None
@@ -262,7 +274,8 @@ class SuperExec:
                 event = worker.read_event(deadline - time.monotonic())
             except WorkerGone:
                 how = describe_exit(worker.returncode())
-                outcome.failure = f"the ClientApp worker (PID {worker.pid}) {how} during the task"
+                when = WHILE_REPLYING if outcome.phase == "replying" else "during the task"
+                outcome.failure = f"the ClientApp worker (PID {worker.pid}) {how} {when}"
                 self.pool.replace(worker, how + f" during task {task.task_id}")
                 return outcome
             if event is None:  # past the deadline
@@ -278,7 +291,7 @@ class SuperExec:
             outcome.events[str(kind)] = event
             if kind == "accepted":
                 deadline = time.monotonic() + self.options.task_timeout
-            elif kind in ("input", "message", "replied"):
+            elif kind in ("input", "message", "replying", "replied"):
                 outcome.phase = str(kind)
                 if kind == "message":
                     log(INFO, "[fedstale superexec] task %s (%s): ClientApp running in worker %s",
@@ -307,7 +320,7 @@ class SuperExec:
             self._finish_failed(outcome, reason)
             return
         proto = object_id = None
-        if outcome.phase == "message":
+        if outcome.phase in ("message", "replying"):
             proto = ProtoMessage.FromString(base64.b64decode(outcome.events["message"]["metadata"]))
             object_id = outcome.events["message"]["object_id"]
         elif outcome.phase == "input":

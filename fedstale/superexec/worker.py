@@ -31,7 +31,8 @@ Protocol with the SuperExec: JSON lines on two pipes (``--cmd-fd`` to read,
 and, optionally, the FAB whose ClientApp to load before the first task);
 then ``task`` (a token) or ``stop``. Events: ``ready``, then per task
 ``accepted``, ``input``, ``message`` (the message's metadata, so the
-SuperExec can answer with an error if this process dies), ``replied`` and
+SuperExec can answer with an error if this process dies), ``replying``
+(its reply is being pushed), ``replied`` and
 ``done`` (status, timings, Context digests, modules imported during the
 task).
 """
@@ -294,6 +295,7 @@ class Worker:  # pylint: disable=too-many-instance-attributes
             # 4. the reply, then the Context and status
             if reply and context:
                 try:
+                    self.channel.emit("replying")  # a kill from here on may leave a half-pushed reply
                     push_message(client, reply, context)
                     self.channel.emit("replied")
                 except Exception as ex:
