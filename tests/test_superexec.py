@@ -16,7 +16,6 @@ mid-task, DP-SGD ε and compression residuals across tasks) are in
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import httpx
