@@ -185,8 +185,9 @@ def test_a_worker_killed_after_it_replied(status):
     kill, and the record says so; another error leaves the record as it was."""
     exec_ = object.__new__(dispatcher.SuperExec)
     exec_.task_client = _TaskClient(status)
-    killed = "the ClientApp worker (PID 7) was killed by signal 9 (SIGKILL) during the task"
-    outcome = dispatcher._Outcome(phase="replied", failure=killed)
+    died = "the ClientApp worker (PID 7) was killed by signal 9 (SIGKILL)"
+    killed = f"{died} during the task"
+    outcome = dispatcher._Outcome(phase="replied", failure=killed, died=died)
     exec_._answer_for(outcome)
     (output,) = exec_.task_client.outputs
     assert output.sub_status == "failed" and not output.HasField("context")

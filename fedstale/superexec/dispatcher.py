@@ -138,6 +138,7 @@ class _Outcome:
     phase: str = "claimed"  # claimed -> input -> message -> replying -> replied -> done
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     failure: str = ""  # why the worker failed the task (died, timed out)
+    died: str = ""  # for a worker that died: "the ClientApp worker (PID n) <how>", without when
     worker: WorkerProcess | None = None
 
 
@@ -275,7 +276,8 @@ class SuperExec:
             except WorkerGone:
                 how = describe_exit(worker.returncode())
                 when = WHILE_REPLYING if outcome.phase == "replying" else "during the task"
-                outcome.failure = f"the ClientApp worker (PID {worker.pid}) {how} {when}"
+                outcome.died = f"the ClientApp worker (PID {worker.pid}) {how}"
+                outcome.failure = f"{outcome.died} {when}"
                 self.pool.replace(worker, how + f" during task {task.task_id}")
                 return outcome
             if event is None:  # past the deadline
@@ -368,7 +370,7 @@ class SuperExec:
     @staticmethod
     def _ended_before(outcome: _Outcome) -> None:
         """The worker died after it had finished the task: say so, instead of a failure."""
-        outcome.failure = outcome.failure.replace(" during the task", "") + " " + AFTER_THE_TASK
+        outcome.failure = f"{outcome.died or outcome.failure} {AFTER_THE_TASK}"
         log(WARNING, "[fedstale superexec] %s", outcome.failure)
 
     def _record(self, task: Any, outcome: _Outcome, acquired: float, waited: float) -> None:
