@@ -201,6 +201,35 @@ def test_a_worker_killed_after_it_replied(status):
         assert outcome.failure == killed
 
 
+class _HeartbeatClient:
+    """Answers ``SendTaskHeartbeat`` with the HTTP statuses in ``answers``, in turn."""
+
+    def __init__(self, answers: list[int]) -> None:
+        self.answers, self.sent = list(answers), 0
+
+    def SendTaskHeartbeat(self, request):  # noqa: N802 (Flower's method name)
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatResponse  # pylint: disable=no-name-in-module
+
+        self.sent += 1
+        status = self.answers.pop(0) if self.answers else 200
+        if status != 200:
+            response = httpx.Response(status, request=httpx.Request("POST", "http://supernode/SendTaskHeartbeat"))
+            raise httpx.HTTPStatusError(f"{status}", request=response.request, response=response)
+        return SendTaskHeartbeatResponse(success=True)
+
+
+@pytest.mark.parametrize(("answers", "sent"), [([503, 504, 401], 3), ([500], 1), ([401], 1)])
+def test_the_heartbeat_goes_on_while_the_supernode_is_busy_and_ends_when_refused(answers, sent):
+    """As Flower's own task heartbeat: 503 and 504 mean "try again"; any other
+    refusal (401: the task's token is spent) ends it."""
+    client = _HeartbeatClient(answers)
+    heartbeat = dispatcher._Heartbeat(client)
+    heartbeat.INTERVAL = 0.01
+    heartbeat.start()
+    heartbeat.join(timeout=5)
+    assert not heartbeat.is_alive() and client.sent == sent
+
+
 class _DyingWorker:
     """A worker that sends ``events`` for a task, then dies by SIGKILL."""
 

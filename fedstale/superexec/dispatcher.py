@@ -91,6 +91,9 @@ class _Heartbeat(threading.Thread):
     """
 
     INTERVAL = 10.0
+    BUSY = (httpx.codes.SERVICE_UNAVAILABLE, httpx.codes.GATEWAY_TIMEOUT)
+    """Answers after which the next heartbeat is sent anyway (as Flower's
+    ``make_task_heartbeat_fn_http``); any other refusal ends the heartbeat."""
 
     def __init__(self, client: Any) -> None:
         super().__init__(daemon=True, name="fedstale-superexec-heartbeat")
@@ -104,10 +107,11 @@ class _Heartbeat(threading.Thread):
             try:
                 if not self._client.SendTaskHeartbeat(SendTaskHeartbeatRequest()).success:
                     return
-            except httpx.HTTPStatusError:
-                return  # the token is no longer valid: the task is over
+            except httpx.HTTPStatusError as err:
+                if err.response.status_code not in self.BUSY:
+                    return  # refused (401: the token is spent): the task is over
             except httpx.HTTPError:
-                pass  # the SuperNode is busy or restarting: try again
+                pass  # the SuperNode is restarting: try again
             self._stop_event.wait(self.INTERVAL)
 
     def stop(self) -> None:
