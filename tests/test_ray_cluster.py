@@ -135,10 +135,10 @@ def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path):
 
     Twice in recent full suite runs on loaded cores (once in CI, once in a
     fresh clone here) the run's ``ray.init`` could not reach a head that had
-    started: Ray gave up after 12 min. Ray is told to give up after 3 tries here (under 2 min); a run
-    that could not reach its head is run once more on a new head, with a
-    ``RuntimeWarning`` holding the first head's state and logs; any other
-    failure, or a second unreachable head, fails the test.
+    started: Ray gave up after 12 min. Ray is told to give up after 3 tries
+    here (under 2 min); a run that could not reach its head is run once more
+    on a new head, with a ``RuntimeWarning`` holding the first head's state
+    and logs; any other failure, or a second unreachable head, fails the test.
     """
     for attempt in (1, 2):
         work = tmp_path / f"attempt-{attempt}"

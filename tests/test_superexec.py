@@ -163,6 +163,12 @@ def test_describe_exit():
     assert describe_exit(3) == "exited with code 3"
 
 
+def _refused(status: int, method: str) -> httpx.HTTPStatusError:
+    """The error Flower's Runtime API client raises for an HTTP ``status`` answer to ``method``."""
+    response = httpx.Response(status, request=httpx.Request("POST", f"http://supernode/{method}"))
+    return httpx.HTTPStatusError(f"{status}", request=response.request, response=response)
+
+
 class _TaskClient:
     """A SuperNode's Runtime API that answers ``PushTaskOutput`` with ``status`` (200: accepted)."""
 
@@ -173,8 +179,7 @@ class _TaskClient:
     def PushTaskOutput(self, request):  # noqa: N802 (Flower's method name)
         self.outputs.append(request)
         if self.status != 200:
-            response = httpx.Response(self.status, request=httpx.Request("POST", "http://supernode/PushTaskOutput"))
-            raise httpx.HTTPStatusError(f"{self.status}", request=response.request, response=response)
+            raise _refused(self.status, "PushTaskOutput")
 
 
 @pytest.mark.parametrize("status", [200, 401, 500])
@@ -213,8 +218,7 @@ class _HeartbeatClient:
         self.sent += 1
         status = self.answers.pop(0) if self.answers else 200
         if status != 200:
-            response = httpx.Response(status, request=httpx.Request("POST", "http://supernode/SendTaskHeartbeat"))
-            raise httpx.HTTPStatusError(f"{status}", request=response.request, response=response)
+            raise _refused(status, "SendTaskHeartbeat")
         return SendTaskHeartbeatResponse(success=True)
 
 
