@@ -41,7 +41,11 @@ that finishes earlier is back, so a run needs some number of scans however
 many tasks a message carries. The script counts them in process, on a grid
 that runs every waiting message at each pull (one scan, unlimited tasks per
 message), and prints scans x 0.1 s: the least the flwr-run loop can take on
-2 SuperNodes.
+2 SuperNodes. It also estimates, from the in-process ``clients.csv`` rows,
+the scans a loop would need that dispatched tasks ahead of every reply that
+makes no new model version (speculatively, undoing its dispatches when a
+reply fails): :func:`speculative_scans`, for deciding whether such a loop is
+worth building.
 
 Machine load (``os.getloadavg``) is printed before and after: these 2-core
 machines are shared, and the ratio moves with the load.
@@ -132,6 +136,7 @@ def in_process(config_path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         "messages": strategy.transport.messages_pushed,
         "metrics": reproducible(recorder.evaluations, METRICS_COLUMNS),
         "clients": reproducible(recorder.updates, CLIENT_COLUMNS),
+        "speculative_scans": speculative_scans(recorder.updates),
     }
 
 
@@ -159,6 +164,31 @@ def scans_needed(config_path: Path, overrides: dict[str, Any], nodes: int) -> in
     grid = ScanGrid(app, num_nodes=nodes)
     run_strategy(build_strategy(config), grid, config)
     return grid.scans
+
+
+def speculative_scans(updates: list[dict[str, Any]]) -> int:
+    """Scans a loop would need that dispatched tasks ahead of every reply that makes no new version.
+
+    Today's loop dispatches a task only once every task that finishes
+    earlier is merged. A loop that assumed each reply succeeds at its
+    predicted finish (and undid its dispatches when one did not) would need a
+    reply only for the model version it makes: task ``T`` could be pushed as
+    soon as every update merged into versions up to ``T``'s base version is
+    back. In scans, ``wave(T) = 1 + max(wave(U))`` over the accepted updates
+    ``U`` with ``arrival_version(U) < dispatch_version(T)``; the result is
+    the largest wave, an estimate from ``clients.csv`` rows (the count for
+    today's loop comes from :func:`scans_needed`).
+    """
+    rows = [(int(r["dispatch_version"]), int(r["arrival_version"]), str(r["accepted"]) == "True")
+            for r in updates]
+    merged_into: dict[int, list[int]] = {}  # version v -> base versions of the updates that made it
+    for dispatched, arrived, accepted in rows:
+        if accepted:
+            merged_into.setdefault(arrived + 1, []).append(dispatched)
+    known = [0]  # known[v]: scans until version v's model can be computed
+    for version in range(1, max(merged_into, default=0) + 1):
+        known.append(max([known[-1], *(1 + known[base] for base in merged_into.get(version, []))]))
+    return max((1 + known[min(base, len(known) - 1)] for base, _, _ in rows), default=0)
 
 
 def through_flwr_run(
@@ -259,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=too-many-loca
     say(f"  fedstale's share of the time to the first TRAIN  {flwr['fedstale_share']:>6.2f}")
     say(f"floor of the flwr-run loop on {nodes} SuperNodes: {scans} engine scans x 0.1 s = {scans * 0.1:.1f} s "
         f"({scans * 0.1 / local['loop']:.2f} x the in-process loop)")
+    ahead = local["speculative_scans"]
+    say(f"  with tasks dispatched ahead of replies that make no new version (estimate): {ahead} scans "
+        f"= {ahead * 0.1:.1f} s ({ahead * 0.1 / local['loop']:.2f} x)")
     same = flwr["metrics"] == local["metrics"] and flwr["clients"] == local["clients"]
     say()
     say(f"rows identical (metrics.csv and clients.csv, wall-time columns aside): {'yes' if same else 'NO'}")
