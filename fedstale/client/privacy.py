@@ -381,7 +381,7 @@ def train_dp(  # pylint: disable=too-many-arguments,too-many-locals
     sample_rate, steps_per_epoch = sampling(len(x), settings.batch_size)
     z = resolve_noise_multiplier(dp, state, sample_rate, steps_per_epoch * settings.epochs)
     work = copy.deepcopy(model).to(device).train()
-    optimizer = make_optimizer(work, settings)
+    optimizer = make_optimizer(work, settings, torch_optimizer=True)
     data_generator = torch.Generator().manual_seed(settings.seed)
     noise_generator = torch.Generator(device=device).manual_seed(settings.seed + 1)
     loader = DataLoader(

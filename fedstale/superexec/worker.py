@@ -98,20 +98,32 @@ def _preload(modules: list[str]) -> tuple[int, list[str]]:
     return done, failed
 
 
-def _warm_up_torch() -> None:
-    """One tiny training step, so the first real one does not start autograd and the thread pool."""
+def _warm_up_torch() -> bool:
+    """One tiny training step, so the first real one does not start autograd and the
+    thread pool; whether it ran (not without torch, and best effort).
+
+    The step is ``torch.optim.sgd.sgd``, the functional SGD that fedstale's
+    clients use (``fedstale/client/functional_sgd.py``). ``torch.optim.SGD``
+    would import ``torch._dynamo`` (~1 s) into every worker; a ClientApp
+    that trains with ``torch.optim`` imports it on its first task instead.
+    """
     if "torch" not in sys.modules:
-        return
+        return False
     try:
         import torch
+        from torch.optim.sgd import sgd
 
         layer = torch.nn.Linear(4, 2)
-        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+        before = layer.bias.detach().clone()
         loss = torch.nn.functional.cross_entropy(layer(torch.zeros(8, 4)), torch.zeros(8, dtype=torch.long))
         loss.backward()
-        optimizer.step()
+        params = list(layer.parameters())
+        with torch.no_grad():
+            sgd(params, [p.grad for p in params], [None] * len(params), weight_decay=0.0, momentum=0.9,
+                lr=0.1, dampening=0.0, nesterov=False, maximize=False)
+        return not torch.equal(before, layer.bias)
     except Exception:
-        pass
+        return False
 
 
 class _TokenInterceptor:
