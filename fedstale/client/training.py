@@ -205,7 +205,7 @@ def make_optimizer(
 
     SGD is :class:`~fedstale.client.functional_sgd.FunctionalSGD`, the same
     update as ``torch.optim.SGD`` bit for bit without importing
-    ``torch._dynamo`` (~1 s of every training process), unless
+    ``torch._dynamo`` (~1.5 s of every training process), unless
     ``torch_optimizer``: Opacus and an enabled GradScaler need a
     ``torch.optim.Optimizer``.
     """

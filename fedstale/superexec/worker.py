@@ -104,7 +104,7 @@ def _warm_up_torch() -> bool:
 
     The step is ``torch.optim.sgd.sgd``, the functional SGD that fedstale's
     clients use (``fedstale/client/functional_sgd.py``). ``torch.optim.SGD``
-    would import ``torch._dynamo`` (~1 s) into every worker; a ClientApp
+    would import ``torch._dynamo`` (~1.5 s) into every worker; a ClientApp
     that trains with ``torch.optim`` imports it on its first task instead.
     """
     if "torch" not in sys.modules:
