@@ -7,7 +7,12 @@ processes. A process whose parent died is adopted by init and leaves its
 parent's process group, so neither the parent's PID nor its group finds it.
 What every one of them does keep is the environment it inherited: launching
 with a private ``FLWR_HOME`` marks the whole tree, and
-:func:`pids_with_flwr_home` finds it again through ``/proc``.
+:func:`pids_with_flwr_home` finds it again through ``/proc``. Ray's own
+processes are the exception: they rename themselves (``ray::IDLE``,
+``ray::DashboardAgent``, ``ray::ClientAppActor``) with ``setproctitle``,
+which zeroes what ``/proc/<pid>/cmdline`` and ``environ`` show, so
+:func:`pids_using` finds them by the files they keep open under their Ray
+instance's temporary folder.
 """
 
 from __future__ import annotations
@@ -47,11 +52,44 @@ def pids_with_flwr_home(flwr_home: str) -> list[int]:
 def pids_with_env(name: str, value: str) -> list[int]:
     """Processes (other than this one) whose environment holds ``name=value``.
 
-    A variable set before starting a tree of processes (e.g. a local Ray
-    instance: its GCS, raylet and workers) marks every process of the tree.
+    A variable set before starting a tree of processes marks every process
+    of the tree, except those that renamed themselves (Ray's: see
+    :func:`pids_using`).
     """
     marker = b"\0" + f"{name}={value}".encode() + b"\0"
     return _pids_matching(lambda _cmdline, environ: marker in b"\0" + environ + b"\0")
+
+
+def pids_using(folder: str | Path) -> list[int]:
+    """Processes (other than this one) whose working directory or an open file is under ``folder``.
+
+    Every process of a Ray instance (GCS, raylet, agents, workers) keeps its
+    session's log files open under the instance's temporary folder
+    (``ray.init(_temp_dir=...)``, ``RAY_TMPDIR``), even once Ray renamed it
+    and its environment no longer shows in ``/proc`` (see the module
+    docstring), and even once the folder was removed.
+    """
+    prefix = str(Path(folder).resolve())
+    inside = (prefix, prefix + os.sep)
+
+    def under(link: Path) -> bool:
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return False
+        return target == inside[0] or target.startswith(inside[1])
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or not alive(int(entry.name)):
+            continue
+        try:
+            found = under(entry / "cwd") or any(under(fd) for fd in (entry / "fd").iterdir())
+        except OSError:  # gone, or not ours to look at
+            continue
+        if found:
+            pids.append(int(entry.name))
+    return pids
 
 
 def _pids_matching(match: Callable[[bytes, bytes], bool]) -> list[int]:

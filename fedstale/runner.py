@@ -33,7 +33,7 @@ import yaml
 from .app_files import stage_app
 from .config import Config, ConfigError, load_config, resolve_config_path
 from .results import unique_run_dir
-from .simulation.launcher import format_run_config, run_failed
+from .simulation.launcher import format_run_config, run_failed, with_run_status
 from .simulation.local_superlink import ensure_default_connection_superlink
 
 ENGINES = ("flower", "local")
@@ -174,8 +174,11 @@ def run_flower(plan: RunPlan, app_dir: Path, log: TextIO | None = None) -> Path:
     """Run ``plan`` with ``flwr run --stream``, echoing its output to ``log``; return its folder.
 
     ``flwr run --stream`` exits with 0 even when the ServerApp failed, so the
-    run counts as failed when its output has Flower's ``Exit Code:`` line
-    (:func:`fedstale.simulation.launcher.run_failed`) or ``model.pt`` is missing.
+    run counts as failed when its output has Flower's ``Exit Code:`` line, or
+    Flower's own status of the run says so where the log stream lost that
+    line (:func:`fedstale.simulation.launcher.run_failed`,
+    :func:`~fedstale.simulation.launcher.with_run_status`), or ``model.pt``
+    is missing.
 
     Raises
     ------
@@ -206,7 +209,8 @@ def run_flower(plan: RunPlan, app_dir: Path, log: TextIO | None = None) -> Path:
             log.write(line)
             log.flush()
     output = "".join(lines)
-    reason = run_failed(subprocess.CompletedProcess(proc.args, proc.returncode, output, ""))
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
+    reason = run_failed(with_run_status(done, [flwr_executable()], env, Path.cwd()))
     if reason is None and not (plan.run_dir / "model.pt").is_file():
         reason = f"no model.pt in {plan.run_dir}"
     if reason is not None:

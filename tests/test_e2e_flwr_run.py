@@ -32,7 +32,7 @@ from fedstale.config import ConfigError
 from fedstale.processes import kill_now
 from fedstale.results import CLIENT_COLUMNS, METRICS_COLUMNS, WALL_COLUMNS
 from fedstale.resume import load_resume_point
-from fedstale.simulation.launcher import LocalFederation, run_failed
+from fedstale.simulation.launcher import LocalFederation, flwr_run_status, run_failed, run_id_of
 from tests.helpers import ROOT, SEED_OVERRIDES, config, run
 
 pytestmark = pytest.mark.e2e
@@ -294,6 +294,8 @@ def test_bad_config_fails_with_one_clear_error(federation, overrides, expected):
     proc = fed.run(ROOT, {**overrides, "run.output_dir": str(out)})
     assert expected in proc.stdout
     assert run_failed(proc) is not None  # flwr's exit status is 0 regardless
+    # what run_failed falls back on where the stream lost the Exit Code line
+    assert flwr_run_status([fed.flwr], run_id_of(proc), fed.env)[0] == "finished:failed"
     assert "could not be pushed" not in proc.stdout and "error reply" not in proc.stdout
     assert not out.exists()
 

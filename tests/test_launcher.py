@@ -1,7 +1,10 @@
 """``LocalFederation.run`` (:mod:`fedstale.simulation.launcher`): a run whose
-private Ray instance did not start is run once more, and only such a run.
+private Ray instance did not start is run once more, and only such a run; a
+run whose log stream lost its end is judged by Flower's own status of it
+(``flwr list --run-id``, :func:`~fedstale.simulation.launcher.with_run_status`).
 
-The outputs below are what ``flwr run --stream`` prints: Flower's
+The outputs below are what ``flwr run --stream`` prints (and ``flwr list
+--format json`` for the status): Flower's
 ``Exit Code: 700`` line after the simulation engine's traceback, which ends
 with Ray's message (``ray/_private/node.py``), and the ServerApp's first
 ``[LOG] experiment`` line, which names the run folder. ``subprocess.run`` is
@@ -11,6 +14,7 @@ Ray, no SuperLink and no training.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import warnings
 from pathlib import Path
@@ -118,3 +122,68 @@ def test_a_run_is_not_run_again_for_any_other_failure_or_with_no_retries(scripte
         warnings.simplefilter("error")  # no "running it again"
         proc = fed.run(tmp_path, ray_retries=retries)
     assert proc is first and len(calls) == 1
+
+
+STREAM_START = "\x1b[92mINFO \x1b[0m:      Starting logstream for run_id `4242`"
+
+
+def _stream(*lines: str) -> subprocess.CompletedProcess[str]:
+    """A ``flwr run --stream`` output: the run id on stderr, ``lines`` on stdout."""
+    return subprocess.CompletedProcess(["flwr", "run"], 0, stdout="\n".join(lines) + "\n", stderr=STREAM_START + "\n")
+
+
+def _listed(status: str, details: str) -> subprocess.CompletedProcess[str]:
+    """What ``flwr list --run-id 4242 --format json`` prints (``flwr/cli/ls.py``, ``_to_json``)."""
+    run = {"run-id": "4242", "status": status, "status-details": details, "elapsed": "00:00:09"}
+    return subprocess.CompletedProcess(["flwr", "list"], 0, stdout=json.dumps({"success": True, "runs": [run]}), stderr="")
+
+
+def test_a_failed_run_whose_stream_lost_its_exit_code_line_fails(scripted, tmp_path):
+    fed, script, calls = scripted
+    # the ServerApp's error line came through; the traceback and Exit Code did not
+    lost = _stream("\x1b[93mWARNING \x1b[0m:   [LOG] strategy.name: 'fedbuf' is not one of fedasync")
+    script += [lost, _listed("finished:failed", "Simulation failed with exception: bad strategy.name")]
+    with pytest.raises(launcher.FlwrRunError) as caught:
+        fed.run(tmp_path, check=True)
+    assert calls[1] == [fed.flwr, "list", "--run-id", "4242", "--format", "json"]
+    assert str(caught.value).startswith(
+        "flwr run failed (flwr list: run 4242 finished:failed "
+        "(Simulation failed with exception: bad strategy.name)):"
+    )
+
+
+def test_a_completed_run_whose_stream_lost_its_end_succeeds(scripted, tmp_path):
+    fed, script, calls = scripted
+    script += [_stream("[LOG] finished: 10 versions"), _listed("finished:completed", "N/A")]
+    proc = fed.run(tmp_path, check=True)
+    assert launcher.run_failed(proc) is None and len(calls) == 2
+    assert proc.stdout.endswith("[LOG] finished: 10 versions\nflwr list: run 4242 finished:completed (N/A)\n")
+
+
+@pytest.mark.parametrize(
+    "end",
+    [EXIT_700, "\x1b[92mINFO \x1b[0m:      [LOG] results written to /tmp/results/default"],
+    ids=["exit-code", "results-written"],
+)
+def test_a_run_whose_output_tells_is_not_looked_up(scripted, tmp_path, end):
+    fed, script, calls = scripted
+    script.append(_stream("ValueError: bad data" if end == EXIT_700 else "[LOG] finished", end))
+    proc = fed.run(tmp_path, ray_retries=0)
+    assert len(calls) == 1
+    assert (launcher.run_failed(proc) is None) == (end != EXIT_700)
+
+
+def test_a_ray_failure_whose_exit_code_line_was_lost_still_runs_again(scripted, tmp_path):
+    fed, script, calls = scripted
+    done = _stream("[LOG] results written to /tmp/results/default")
+    script += [_stream(RAY_TIMEOUT), _listed("finished:failed", f"Simulation failed with exception: {RAY_TIMEOUT}"), done]
+    with pytest.warns(RuntimeWarning, match="Ray did not start"):
+        proc = fed.run(tmp_path, check=True)
+    assert proc is done and [c[1] for c in calls] == ["run", "list", "run"]
+
+
+def test_no_answer_from_flwr_list_leaves_the_output_as_it_is(scripted, tmp_path):
+    fed, script, calls = scripted
+    lost = _stream("[LOG] experiment")
+    script += [lost, subprocess.CompletedProcess(["flwr", "list"], 1, stdout="", stderr="connection refused")]
+    assert fed.run(tmp_path) is lost and len(calls) == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedstale.processes import pids_with_env, stop_all
+from fedstale.processes import pids_using, pids_with_env, stop_all
 from fedstale.results import read_csv
 from fedstale.sweep import (
     SWEEP_ID_VARIABLE,
@@ -132,11 +132,18 @@ def test_killed_sweep_resumes_without_rerunning_finished_cells(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        stop_all(lambda: pids_with_env(SWEEP_ID_VARIABLE, sweep_id))
         ray_dirs = list(Path("/tmp").glob(f"fsw-{sweep_id[:8]}-*"))  # the killed sweep's Ray folder
+
+        def sweep_processes() -> set[int]:
+            # Ray's renamed processes (ray::DashboardAgent, ...) no longer show
+            # the variable in /proc; they hold files in the Ray folder
+            return {*pids_with_env(SWEEP_ID_VARIABLE, sweep_id), *(p for d in ray_dirs for p in pids_using(d))}
+
+        stop_all(sweep_processes)
+        left = sweep_processes()
         for folder in ray_dirs:
             shutil.rmtree(folder, ignore_errors=True)
-    assert pids_with_env(SWEEP_ID_VARIABLE, sweep_id) == []
+    assert left == set()
     assert len(ray_dirs) == 1
     finished = [n for n in names if is_finished(out / n)]
     interrupted = [n for n in names if (out / n).exists() and n not in finished]

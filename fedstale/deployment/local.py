@@ -16,7 +16,7 @@ from typing import IO, Any
 from ..app_files import stage_app
 from ..certificates import Credentials
 from ..processes import free_port, pids_with_flwr_home, stop_all, stop_processes
-from ..simulation.launcher import FlwrRunError, raise_if_failed
+from ..simulation.launcher import FlwrRunError, raise_if_failed, with_run_status
 from .commands import FEDERATION, SUPEREXECS, CommandLines
 from .nodes import DeploymentError, SuperNodeControl, wait_for_port
 
@@ -237,6 +237,8 @@ class LocalDeployment(SuperNodeControl):
                 + self.all_logs()
             ) from None
         done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        # the stream can miss a failed run's last lines (with_run_status)
+        done = with_run_status(done, [str(self.bin_dir / "flwr"), FEDERATION], self.env, self.superlink_dir.parent)
         if check:
             raise_if_failed(done, self.all_logs())
         return done

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,19 +30,22 @@ from types import TracebackType
 from typing import Any
 
 from ..app_files import stage_app
-from ..processes import free_port, pids_with_flwr_home, stop_all
+from ..processes import free_port, pids_using, pids_with_flwr_home, stop_all
 from .local_superlink import ensure_local_superlink
 
 __all__ = [
     "FlwrRunError",
     "LocalFederation",
     "RAY_DID_NOT_START",
+    "flwr_run_status",
     "format_run_config",
     "free_port",
     "raise_if_failed",
     "ray_did_not_start",
     "run_failed",
     "run_folder",
+    "run_id_of",
+    "with_run_status",
 ]
 
 RAY_DID_NOT_START = (
@@ -58,6 +62,18 @@ miss Ray's fixed startup deadlines. The run never reached a ClientApp."""
 _RUN_FOLDER = re.compile(r"\[LOG\] experiment .* -> (?P<folder>\S+)(?P<resumed> \(resumed at version \d+\))?$")
 """The ServerApp's first line (:func:`fedstale.server_app.run_experiment`):
 it names the run folder, and says when the run was resumed."""
+
+
+_LOGSTREAM = re.compile(r"Starting logstream for run_id `(?P<run_id>\d+)`")
+"""``flwr run --stream``'s first line, naming the run's id."""
+
+FINISHED_MARK = "[LOG] results written to "
+"""The fedstale ServerApp's last line (:func:`fedstale.server_app.run_experiment`)."""
+
+STATUS_LINE = "flwr list: run "
+"""Start of the line :func:`with_run_status` adds: ``flwr list: run <id> <status> (<details>)``."""
+
+_STATUS = re.compile(re.escape(STATUS_LINE) + r"\d+ (?P<status>\S+)")
 
 
 def run_folder(output_dir: Path, log: str) -> Path:
@@ -182,6 +198,7 @@ class LocalFederation:
                 timeout=timeout,
                 check=False,
             )
+            proc = with_run_status(proc, [self.flwr], self.env, cwd or app_dir)
             ray_message = ray_did_not_start(proc)
             if ray_message is None or attempt == ray_retries:
                 break
@@ -199,8 +216,10 @@ class LocalFederation:
         return proc
 
     def processes(self) -> list[int]:
-        """PIDs of processes started for this federation (by their ``FLWR_HOME``)."""
-        return pids_with_flwr_home(str(self.flwr_home))
+        """PIDs of processes started for this federation: by their ``FLWR_HOME``,
+        and Ray's by the files they hold in its private folder
+        (:func:`~fedstale.processes.pids_using`)."""
+        return sorted({*pids_with_flwr_home(str(self.flwr_home)), *pids_using(self.ray_tmpdir)})
 
     def stop(self, grace: float = 5.0) -> None:
         """Kill this federation's SuperLink and everything in its process group;
@@ -218,14 +237,83 @@ def run_failed(proc: subprocess.CompletedProcess[str]) -> str | None:
     """Why a ``flwr run --stream`` failed, or None if it did not.
 
     ``flwr run --stream`` exits with 0 even when the simulation crashed; the
-    crash shows in its output as Flower's ``Exit Code: <n>`` line.
+    crash shows in its output as Flower's ``Exit Code: <n>`` line, or, where
+    the stream lost that line, in the run's status that
+    :func:`with_run_status` added (``finished:failed``, ``finished:stopped``).
     """
     if proc.returncode != 0:
         return f"exit status {proc.returncode}"
     for line in (proc.stdout + proc.stderr).splitlines():
         if "Exit Code:" in line:
             return line.strip()
+        status = _STATUS.match(line)
+        if status is not None and status["status"] != "finished:completed":
+            return line.strip()
     return None
+
+
+def run_id_of(proc: subprocess.CompletedProcess[str]) -> int | None:
+    """The run id ``flwr run --stream`` printed (``Starting logstream for run_id `N```)."""
+    match = _LOGSTREAM.search(proc.stdout + proc.stderr)
+    return None if match is None else int(match["run_id"])
+
+
+def flwr_run_status(
+    flwr_args: list[str], run_id: int, env: dict[str, str], cwd: str | Path | None = None
+) -> tuple[str, str] | None:
+    """Flower's status of run ``run_id`` and its details, from ``flwr list --run-id``.
+
+    ``flwr_args`` is the ``flwr`` executable and, if any, the SuperLink
+    connection's name (``[flwr]`` for the default connection). Returns
+    ``("finished:failed", "Simulation failed with exception: ...")`` and the
+    like, or None when ``flwr list`` did not answer.
+    """
+    try:
+        proc = subprocess.run(
+            [*flwr_args[:1], "list", *flwr_args[1:], "--run-id", str(run_id), "--format", "json"],
+            cwd=None if cwd is None else str(cwd),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        run = json.loads(proc.stdout)["runs"][0]
+        return str(run["status"]), str(run["status-details"])
+    except (subprocess.TimeoutExpired, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def with_run_status(
+    proc: subprocess.CompletedProcess[str],
+    flwr_args: list[str],
+    env: dict[str, str],
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``proc``, with Flower's status of its run added where its output cannot tell.
+
+    Flower's SuperLink ends a log stream as soon as the run's status is
+    ``finished``, and ``flwr-simulation`` (like ``flwr-serverapp``) waits at
+    most 3 s for its last log lines to be uploaded before it sets that
+    status (``on_exit`` in ``flwr/simulation/app.py``; ``flush_logs`` in
+    ``flwr/supercore/logger.py``). On loaded cores ``flwr run --stream``
+    then misses the end of a run's log, ``Exit Code:`` line included, and a
+    failed run reads like one that succeeded (seen once in ~30 suite runs:
+    a bad-config run). When the output has
+    neither that line nor the fedstale ServerApp's last line
+    (:data:`FINISHED_MARK`), this asks the SuperLink (``flwr list --run-id``)
+    and adds ``flwr list: run <id> <status> (<details>)`` to ``stdout``, which
+    :func:`run_failed` reads. Other outputs are returned as they are.
+    """
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0 or "Exit Code:" in output or FINISHED_MARK in output:
+        return proc
+    run_id = run_id_of(proc)
+    status = None if run_id is None else flwr_run_status(flwr_args, run_id, env, cwd)
+    if status is None:
+        return proc
+    line = f"{STATUS_LINE}{run_id} {status[0]} ({status[1]})\n"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout + line, proc.stderr)
 
 
 def ray_did_not_start(proc: subprocess.CompletedProcess[str]) -> str | None:

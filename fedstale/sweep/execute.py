@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import load_config
-from ..processes import pids_with_env, stop_all
+from ..processes import pids_using, pids_with_env, stop_all
 from ..results import read_csv
 from ..runner import RunFailed, RunPlan, find_app_dir, run_flower, run_local
 from .plan import Cell, plan_sweep, split_cells, write_manifest
@@ -253,5 +253,6 @@ def _run_on_ray(cells: list[Cell], workers: int, finish: Callable[[CellOutcome, 
         else:
             os.environ["PYTHONPATH"] = saved_path
         if temp_dir is not None:
-            stop_all(lambda: pids_with_env(SWEEP_ID_VARIABLE, sweep_id))
+            # Ray's renamed processes no longer show the sweep's variable (pids_using)
+            stop_all(lambda: {*pids_with_env(SWEEP_ID_VARIABLE, sweep_id), *pids_using(temp_dir)})
             shutil.rmtree(temp_dir, ignore_errors=True)
